@@ -1,0 +1,122 @@
+"""Exact scaled-dot-product attention for dense batches and for variable-length sequences (spec §6.5).
+
+One API, several backends, all computing ``softmax(q·kᵀ·scale)·v`` per sequence with no cross-sequence leakage:
+
+* ``sdpa``       - ``torch.nn.functional.scaled_dot_product_attention``: on CUDA PyTorch picks its fastest fused
+                   kernel (cuDNN / flash / mem-efficient); on CPU/MPS its math kernels. Varlen input with equal
+                   lengths is run as one dense batch; ragged input loops over sequences.
+* ``flash_attn`` - the ``flash_attn`` package's varlen kernel (CUDA, fp16/bf16), when installed.
+* ``naive``      - explicit matmul + softmax in float32 (the test oracle).
+
+``auto`` uses dense SDPA whenever the sequences have equal length (the usual single-sample case, where the
+fused cuDNN kernel is the fastest exact attention measured on an H100), otherwise ``flash_attn`` when it can run,
+otherwise per-sequence SDPA.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["AttentionBackend", "attention", "varlen_attention", "flash_attn_available"]
+
+AttentionBackend = Literal["auto", "sdpa", "flash_attn", "naive"]
+_BACKENDS = ("auto", "sdpa", "flash_attn", "naive")
+
+
+@functools.lru_cache(maxsize=1)
+def flash_attn_available() -> bool:
+    """True when the optional ``flash_attn`` package imports."""
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; use one of {', '.join(_BACKENDS)}")
+
+
+def _naive(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """q [B,H,L,D], k/v [B,H,S,D] → [B,H,L,D], computed in float32."""
+    w = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * scale, dim=-1)
+    return (w @ v.float()).to(q.dtype)
+
+
+def _bhld(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> Tensor:
+    if backend == "naive":
+        return _naive(q, k, v, scale)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None,
+              backend: AttentionBackend = "auto") -> Tensor:
+    """Dense attention. ``q [B, L, H, D]``, ``k``/``v`` ``[B, S, H, D]`` → ``[B, L, H, D]``."""
+    _check_backend(backend)
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"attention expects q [B,L,H,D] and k, v [B,S,H,D]; got {list(q.shape)}, "
+                         f"{list(k.shape)}, {list(v.shape)}")
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    if backend == "flash_attn":  # explicit only: on Hopper, SDPA (cuDNN) beats FA2 for dense batches
+        from flash_attn import flash_attn_func
+        return flash_attn_func(q, k, v, softmax_scale=scale)
+    out = _bhld(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale, backend)
+    return out.transpose(1, 2)
+
+
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, q_seqlens: Sequence[int], k_seqlens: Sequence[int], *,
+                     scale: float | None = None, backend: AttentionBackend = "auto") -> Tensor:
+    """Attention over packed sequences: sequence ``i`` of ``q`` attends only to sequence ``i`` of ``k``/``v``.
+
+    Args:
+        q: ``[T, H, D]`` rows of all query sequences, concatenated.
+        k, v: ``[S, H, D]`` rows of all key/value sequences, concatenated.
+        q_seqlens, k_seqlens: host-side lengths (``sum(q_seqlens) == T``); a zero-length query sequence is allowed.
+    """
+    _check_backend(backend)
+    if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape or q.shape[1:] != k.shape[1:]:
+        raise ValueError(f"varlen_attention expects q [T,H,D] and k, v [S,H,D]; got {list(q.shape)}, "
+                         f"{list(k.shape)}, {list(v.shape)}")
+    if len(q_seqlens) != len(k_seqlens):
+        raise ValueError(f"{len(q_seqlens)} query sequences but {len(k_seqlens)} key sequences")
+    if sum(q_seqlens) != q.shape[0] or sum(k_seqlens) != k.shape[0]:
+        raise ValueError(f"sequence lengths sum to {sum(q_seqlens)}/{sum(k_seqlens)} rows but q has {q.shape[0]} "
+                         f"and k has {k.shape[0]}")
+    if any(n == 0 for n in k_seqlens) and any(m > 0 for m, n in zip(q_seqlens, k_seqlens) if n == 0):
+        raise ValueError("a query sequence has no keys to attend to")
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    nseq = len(q_seqlens)
+    if nseq == 0 or q.shape[0] == 0:
+        return q.new_zeros(q.shape[0], q.shape[1], v.shape[2])
+
+    use_flash = backend == "flash_attn" or (
+        backend == "auto" and flash_attn_available() and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+        and not (len(set(q_seqlens)) == 1 and len(set(k_seqlens)) == 1))
+    if use_flash:
+        from flash_attn import flash_attn_varlen_func
+        dev = q.device
+        cu_q = torch.tensor([0, *q_seqlens], device=dev, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        cu_k = torch.tensor([0, *k_seqlens], device=dev, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        return flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(q_seqlens), max(k_seqlens), softmax_scale=scale)
+
+    if len(set(q_seqlens)) == 1 and len(set(k_seqlens)) == 1:
+        lq, lk = q_seqlens[0], k_seqlens[0]
+        qb = q.view(nseq, lq, *q.shape[1:]).transpose(1, 2)
+        kb = k.view(nseq, lk, *k.shape[1:]).transpose(1, 2)
+        vb = v.view(nseq, lk, *v.shape[1:]).transpose(1, 2)
+        return _bhld(qb, kb, vb, scale, backend).transpose(1, 2).reshape(q.shape[0], q.shape[1], v.shape[2])
+
+    outs = []
+    for qi, ki, vi in zip(q.split(list(q_seqlens)), k.split(list(k_seqlens)), v.split(list(k_seqlens))):
+        if qi.shape[0] == 0:
+            outs.append(qi.new_zeros(0, qi.shape[1], vi.shape[2]))
+            continue
+        o = _bhld(qi.transpose(0, 1)[None], ki.transpose(0, 1)[None], vi.transpose(0, 1)[None], scale, backend)
+        outs.append(o[0].transpose(0, 1))
+    return torch.cat(outs, dim=0)
