@@ -1,0 +1,44 @@
+"""``SLatFlowModel``: the sparse flow DiT for shape and texture structured latents (spec §4.5).
+
+The official ``ElasticSLatFlowModel`` only adds training-time memory control and maps to this class.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..sparse.rope import sparse_rope
+from ..sparse.tensor import SparseTensor
+from .blocks import FlowDiT
+
+__all__ = ["SLatFlowModel"]
+
+
+class SLatFlowModel(FlowDiT):
+    """Velocity on the voxels of a sparse latent ``x`` at time ``t`` given DINOv3 tokens ``cond``.
+
+    Self-attention runs over each batch element's voxels (RoPE on the raw ``coords[:, 1:]``); cross-attention of
+    each batch element to its own context. The texture models take the normalised shape latent as ``concat_cond``
+    (channels appended after ``x``'s, §4.5).
+    """
+
+    def forward(self, x: SparseTensor, t: Tensor, cond: Tensor,
+                concat_cond: SparseTensor | None = None) -> SparseTensor:
+        """``x`` feats ``[N, C]``, ``t [B]`` float (= 1000·t), ``cond [B, M, Cc]`` → velocity feats ``[N, Cout]``.
+
+        The result lives on ``x``'s voxels, in ``x``'s row order, and shares its derived-map cache.
+        """
+        if not isinstance(x, SparseTensor):
+            raise ValueError(f"SLatFlowModel expects a SparseTensor, got {type(x).__name__}")
+        feats = x.feats  # [N, C]
+        if concat_cond is not None:
+            if concat_cond.coords is not x.coords and not torch.equal(concat_cond.coords, x.coords):
+                raise ValueError("concat_cond must be on the same voxels (same coords, same row order) as x")
+            feats = torch.cat([feats, concat_cond.feats.to(feats.dtype)], dim=-1)  # §4.5: x first
+        if feats.dim() != 2 or feats.shape[1] != self.in_channels:
+            raise ValueError(f"SLatFlowModel expects {self.in_channels} input channels (x + concat_cond), got "
+                             f"{list(feats.shape)}")
+        self._check_batch(t, cond, x.batch_size)
+        h = x.replace(self.input_layer(feats.to(self.input_layer.weight.dtype)))
+        rope = sparse_rope(h, self.head_dim, self.rope_freq)
+        return self.run_trunk(h, t, cond, rope)

@@ -1,0 +1,143 @@
+"""``Pipeline``: image → conditioning → structure → shape → material → decoded mesh + PBR voxels (spec §1).
+
+The official ``Trellis2ImageTo3DPipeline.run`` order: preprocess → seed → DINOv3 at 512 (and 1024 unless type
+'512') → sparse structure (``cond_512``) → shape (512 / 1024 / cascade) → texture → decode. Sampler settings are the
+pipeline.json blocks with the caller's overrides merged on top (§1.4). Models come from a getter (normally a
+:class:`~trellis2_core.loading.ModelStore`), loaded on first use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..loading import ModelStore, PipelineConfig, as_config, load_image_cond_model, resolve_pipeline_dir
+from ..preprocess import preprocess_image
+from .sampler import SamplerParams
+from .stages import (
+    Conditioning, Decoded, MaterialLatent, PipelineType, ShapeLatent, StageHooks, Structure, decode,
+    sample_material, sample_shape, sample_shape_cascade, sample_structure,
+)
+
+__all__ = ["Pipeline", "PipelineResult", "SamplerOverrides", "DEFAULT_SEED", "DEFAULT_MAX_NUM_TOKENS"]
+
+DEFAULT_SEED = 42  # §1.5: official run() default
+DEFAULT_MAX_NUM_TOKENS = 49152  # §1.3
+
+
+@dataclass(frozen=True)
+class SamplerOverrides:
+    """User sampler parameters merged over pipeline.json per stage (``{**pipeline, **user}``, §1.4)."""
+
+    sparse_structure: Mapping[str, Any] = field(default_factory=dict)
+    shape_slat: Mapping[str, Any] = field(default_factory=dict)
+    tex_slat: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """Everything one run produced; ``decoded.meshes`` are the mesher output before hole filling."""
+
+    pipeline_type: PipelineType
+    seed: int
+    conditioning: Conditioning
+    structure: Structure
+    shape: ShapeLatent
+    material: MaterialLatent
+    decoded: Decoded
+
+
+class Pipeline:
+    """TRELLIS.2 image-to-3D over a pipeline config and a model getter (no global state, no device policy)."""
+
+    def __init__(self, config: PipelineConfig | str | Path, models: Callable[[str], nn.Module] | None = None, *,
+                 image_cond_model: nn.Module | None = None, models_dir: str | Path | None = None) -> None:
+        self.config = as_config(config)
+        self.models = models if models is not None else ModelStore(self.config)
+        self.models_dir = models_dir
+        self._image_cond_model = image_cond_model
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, *, models_dir: str | Path | None = None,
+                        device: str | torch.device = "cpu", dtype_override: torch.dtype | str | None = None,
+                        offline: bool | None = None) -> "Pipeline":
+        """Resolve ``source`` (folder, ComfyUI models-dir name or HF repo id) and set up lazy model loading."""
+        root = resolve_pipeline_dir(source, models_dir=models_dir, offline=offline)
+        config = PipelineConfig.from_pipeline_json(root)
+        store = ModelStore(config, device=device, dtype_override=dtype_override, offline=offline)
+        return cls(config, store, models_dir=models_dir)
+
+    # ------------------------------------------------------------------ conditioning
+    @property
+    def image_cond_model(self) -> nn.Module:
+        """The DINOv3 conditioner, loaded on first use (§3)."""
+        if self._image_cond_model is None:
+            device = getattr(self.models, "device", "cpu")
+            self._image_cond_model = load_image_cond_model(self.config, models_dir=self.models_dir, device=device)
+        return self._image_cond_model
+
+    def condition(self, image: Image.Image, pipeline_type: PipelineType | str | None = None) -> Conditioning:
+        """DINOv3 tokens at 512 px and, unless the type is '512', at 1024 px (§1.1 stage 1)."""
+        ptype = self._type(pipeline_type)
+        extractor = self.image_cond_model
+        cond_512 = extractor.features(image, 512)
+        cond_1024 = extractor.features(image, 1024) if ptype.resolution != 512 else None
+        return Conditioning(cond_512, cond_1024)
+
+    # ------------------------------------------------------------------ runs
+    def _type(self, pipeline_type: PipelineType | str | None) -> PipelineType:
+        if isinstance(pipeline_type, PipelineType):
+            return pipeline_type
+        return PipelineType.parse(pipeline_type or self.config.default_pipeline_type)
+
+    def sampler_params(self, stage: str, overrides: Mapping[str, Any] | None = None) -> SamplerParams:
+        """Sampler settings of ``stage`` ('sparse_structure', 'shape_slat', 'tex_slat') with user overrides."""
+        spec = self.config.sampler(stage)
+        block = {"name": spec.name, "args": dict(spec.args), "params": dict(spec.params)}
+        return SamplerParams.from_pipeline(block, overrides)
+
+    def run(self, image: Image.Image, *, seed: int = DEFAULT_SEED, pipeline_type: str | None = None,
+            preprocess: bool = True, mask: Any = None, samplers: SamplerOverrides = SamplerOverrides(),
+            max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS, hooks: StageHooks = StageHooks()) -> PipelineResult:
+        """Official ``run``: preprocess (optional) → DINOv3 → :meth:`run_from_conditioning`."""
+        ptype = self._type(pipeline_type)
+        if preprocess:
+            image = preprocess_image(image, mask)
+        cond = self.condition(image, ptype)
+        return self.run_from_conditioning(cond, seed=seed, pipeline_type=ptype, samplers=samplers,
+                                          max_num_tokens=max_num_tokens, hooks=hooks)
+
+    @torch.no_grad()
+    def run_from_conditioning(self, cond: Conditioning, *, seed: int = DEFAULT_SEED,
+                              pipeline_type: PipelineType | str | None = None,
+                              samplers: SamplerOverrides = SamplerOverrides(),
+                              max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS,
+                              hooks: StageHooks = StageHooks()) -> PipelineResult:
+        """Sampling and decoding from precomputed conditioning; noise order SS, shape (LR, HR), texture (§1.5)."""
+        ptype = self._type(pipeline_type)
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(int(seed))
+        get = self.models
+        structure = sample_structure(
+            get("sparse_structure_flow_model"), get("sparse_structure_decoder"), cond.at(512),
+            self.sampler_params("sparse_structure", samplers.sparse_structure), ptype.ss_res, gen, hooks)
+        shape_params = self.sampler_params("shape_slat", samplers.shape_slat)
+        shape_norm = self.config.normalization("shape_slat")
+        if ptype.cascade:
+            shape = sample_shape_cascade(
+                get("shape_slat_flow_model_512"), get("shape_slat_flow_model_1024"), get("shape_slat_decoder"),
+                cond.at(512), cond.at(1024), structure.coords, shape_params, shape_norm, ptype.resolution, gen,
+                max_num_tokens, hooks)
+        else:
+            shape = sample_shape(get(ptype.shape_model), cond.at(ptype.cond_resolution), structure.coords,
+                                 shape_params, shape_norm, ptype.resolution, gen, hooks)
+        material = sample_material(
+            get(ptype.tex_model), cond.at(ptype.cond_resolution), shape.slat,
+            self.sampler_params("tex_slat", samplers.tex_slat), shape_norm, self.config.normalization("tex_slat"),
+            gen, hooks)
+        decoded = decode(get("shape_slat_decoder"), get("tex_slat_decoder"), shape.slat, material.slat, shape.res)
+        return PipelineResult(ptype, int(seed), cond, structure, shape, material, decoded)

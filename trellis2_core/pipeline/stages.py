@@ -1,0 +1,251 @@
+"""Pipeline stages, one function each with typed results (spec §1.1–§1.5, §5.4).
+
+condition (``Conditioning``) → :func:`sample_structure` → :func:`sample_shape` / :func:`sample_shape_cascade` →
+:func:`sample_material` → :func:`decode`. Every noise tensor is drawn with ``torch.randn`` on a CPU
+``torch.Generator`` and then moved to the model's device (§1.5, §13 item 1): drawing in the official order from a
+generator seeded with ``seed`` reproduces the official ``torch.manual_seed(seed)`` streams without touching
+PyTorch's global RNG.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InputError
+from ..loading.config import Normalization
+from ..mesh.types import Mesh, PbrVoxels
+from ..models.structure_decoder import occupancy_to_coords
+from ..models.texture_decoder import pbr_voxels
+from ..sparse import SparseTensor
+from .cascade import hr_coords_from_lr
+from .sampler import ModelCall, SamplerParams, sample_flow_euler
+
+__all__ = [
+    "PipelineType", "Conditioning", "SamplingRun", "Structure", "ShapeLatent", "MaterialLatent", "Decoded",
+    "StageHooks", "draw_noise", "sample_structure", "sample_shape", "sample_shape_cascade", "sample_material",
+    "decode",
+]
+
+Latent = Union[Tensor, SparseTensor]
+LR_RESOLUTION = 512  # §1.3: the cascade's LR stage always decodes to 512³
+_TYPE = re.compile(r"^(\d+)(_cascade)?$")
+
+
+@dataclass(frozen=True)
+class PipelineType:
+    """A pipeline type (§1.2): SS grid, which models/conditionings each stage uses, target resolution."""
+
+    name: str
+    ss_res: int  # occupancy grid of the structure stage (32 = 64³ max-pooled ×2, or 64)
+    resolution: int  # output grid resolution requested (cascade may lower it, §1.3)
+    cascade: bool
+
+    @classmethod
+    def parse(cls, name: str) -> "PipelineType":
+        """'512', '1024', '1024_cascade', '1536_cascade' (and larger ``N_cascade``, N = 1024 + k·128)."""
+        m = _TYPE.match(str(name))
+        if m is None:
+            raise InputError(f"unknown pipeline type {name!r}; use '512', '1024', '1024_cascade' or '1536_cascade'")
+        res, cascade = int(m.group(1)), m.group(2) is not None
+        if cascade:
+            if res < 1024 or (res - 1024) % 128:
+                raise InputError(f"cascade resolution must be 1024 + k·128 (1024, 1152, …, 1536), got {name!r}")
+            return cls(str(name), 32, res, True)
+        if res not in (512, 1024):
+            raise InputError(f"pipeline type {name!r}: without cascade only '512' and '1024' exist")
+        return cls(str(name), 32 if res == 512 else 64, res, False)
+
+    @property
+    def shape_model(self) -> str:
+        """Shape flow key (the HR one for cascades)."""
+        return "shape_slat_flow_model_512" if self.resolution == 512 else "shape_slat_flow_model_1024"
+
+    @property
+    def tex_model(self) -> str:
+        return "tex_slat_flow_model_512" if self.resolution == 512 else "tex_slat_flow_model_1024"
+
+    @property
+    def cond_resolution(self) -> int:
+        """DINOv3 resolution of the shape (HR) and texture stages; the SS and LR stages always use 512."""
+        return 512 if self.resolution == 512 else 1024
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """DINOv3 tokens of the image (§3): ``cond_512 [B, 1029, C]``, ``cond_1024 [B, 4101, C]`` (None for '512')."""
+
+    cond_512: Tensor
+    cond_1024: Tensor | None = None
+
+    def at(self, resolution: int) -> Tensor:
+        cond = self.cond_512 if resolution == 512 else self.cond_1024 if resolution == 1024 else None
+        if cond is None:
+            raise InputError(f"no conditioning at {resolution} px; compute the DINOv3 features at {resolution}")
+        return cond
+
+
+@dataclass(frozen=True)
+class StageHooks:
+    """Optional progress report ``(stage, step, steps)`` after each sampler step and a cancellation poll."""
+
+    progress: Callable[[str, int, int], None] | None = None
+    should_cancel: Callable[[], bool] | None = None
+    record_calls: bool = False  # keep (t_model, branch) of every model evaluation
+
+
+@dataclass(frozen=True)
+class SamplingRun:
+    """One sampler invocation: its noise, the raw (still normalised) sample and the model calls if recorded."""
+
+    noise: Latent
+    samples: Latent
+    calls: tuple[ModelCall, ...] | None
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Sparse-structure stage output (§1.1 stage 2)."""
+
+    coords: Tensor  # [N, 4] int32 (b, x, y, z) occupied voxels at `resolution`, lexicographic
+    resolution: int  # ss_res
+    latent: Tensor  # [B, 8, 16, 16, 16] sampled SS latent
+    logits: Tensor  # [B, 1, 64, 64, 64] decoder occupancy logits
+    run: SamplingRun
+
+
+@dataclass(frozen=True)
+class ShapeLatent:
+    """Shape stage output: the denormalised shape SLat and the grid resolution it decodes at."""
+
+    slat: SparseTensor  # feats [N, 32], denormalised (x·std + mean)
+    res: int
+    runs: Mapping[str, SamplingRun]  # 'shape', or 'shape_lr' and 'shape_hr' for cascades
+    upsample_coords: Tensor | None = None  # cascade: LR decoder voxels at 512³ [M, 4] int32
+
+
+@dataclass(frozen=True)
+class MaterialLatent:
+    """Texture stage output: denormalised texture SLat on the shape SLat's voxels."""
+
+    slat: SparseTensor  # feats [N, 32]
+    run: SamplingRun
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Decoded meshes (before hole filling) and PBR voxels, one per batch element."""
+
+    meshes: list[Mesh]
+    pbr: list[PbrVoxels]
+    subs: list[SparseTensor]  # the shape decoder's subdivision logits per up-block
+    res: int
+
+
+def _device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    """``torch.randn(shape)`` float32 on the CPU ``generator``, then moved to ``device`` (§1.5)."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+
+
+def _sample(model: nn.Module, noise: Latent, cond: Tensor, params: SamplerParams, hooks: StageHooks, stage: str,
+            extra: Mapping[str, object] | None = None) -> SamplingRun:
+    cond = cond.to(_device(model))
+    on_step = None
+    if hooks.progress is not None:
+        report = hooks.progress
+
+        def on_step(i: int, n: int, _x: Latent, _x0: Latent) -> None:
+            report(stage, i + 1, n)
+
+    res = sample_flow_euler(model, noise, cond, torch.zeros_like(cond), params, extra=extra, on_step=on_step,
+                            should_cancel=hooks.should_cancel, record_calls=hooks.record_calls, stage=stage)
+    calls = tuple(res.calls) if res.calls is not None else None
+    return SamplingRun(noise=noise, samples=res.samples, calls=calls)
+
+
+@torch.no_grad()
+def sample_structure(flow: nn.Module, decoder: nn.Module, cond: Tensor, params: SamplerParams, ss_res: int,
+                     generator: torch.Generator, hooks: StageHooks = StageHooks()) -> Structure:
+    """SS noise ``[B, C, R, R, R]`` → sampled latent → decoder logits → occupied coords at ``ss_res`` (§5.1)."""
+    batch = int(cond.shape[0])
+    res = int(flow.resolution)
+    noise = draw_noise((batch, int(flow.in_channels), res, res, res), generator, _device(flow))
+    run = _sample(flow, noise, cond, params, hooks, "sparse_structure")
+    latent = run.samples
+    logits = decoder(latent.to(_device(decoder)))
+    coords = occupancy_to_coords(logits, ss_res)
+    if coords.shape[0] == 0:
+        raise InputError("the sparse-structure stage produced no occupied voxel; try another seed or image")
+    return Structure(coords=coords, resolution=ss_res, latent=latent, logits=logits, run=run)
+
+
+def _sample_slat(flow: nn.Module, cond: Tensor, coords: Tensor, params: SamplerParams, norm: Normalization,
+                 generator: torch.Generator, hooks: StageHooks, stage: str) -> tuple[SparseTensor, SamplingRun]:
+    device = _device(flow)
+    noise = SparseTensor(draw_noise((int(coords.shape[0]), int(flow.in_channels)), generator, device),
+                         coords.to(device))
+    run = _sample(flow, noise, cond, params, hooks, stage)
+    samples = run.samples
+    assert isinstance(samples, SparseTensor)
+    return samples.replace(norm.denormalize(samples.feats)), run  # §5.4
+
+
+@torch.no_grad()
+def sample_shape(flow: nn.Module, cond: Tensor, coords: Tensor, params: SamplerParams, norm: Normalization,
+                 res: int, generator: torch.Generator, hooks: StageHooks = StageHooks()) -> ShapeLatent:
+    """Shape noise ``[N, 32]`` on ``coords`` → sampled, denormalised shape SLat decoding at ``res`` (§1.2)."""
+    slat, run = _sample_slat(flow, cond, coords, params, norm, generator, hooks, "shape")
+    return ShapeLatent(slat=slat, res=res, runs={"shape": run})
+
+
+@torch.no_grad()
+def sample_shape_cascade(flow_lr: nn.Module, flow_hr: nn.Module, shape_decoder: nn.Module, lr_cond: Tensor,
+                         cond: Tensor, coords: Tensor, params: SamplerParams, norm: Normalization, resolution: int,
+                         generator: torch.Generator, max_num_tokens: int = 49152,
+                         hooks: StageHooks = StageHooks()) -> ShapeLatent:
+    """§1.3: LR sample on ``coords`` → decoder ``upsample`` → HR coords (resolution loop) → HR sample."""
+    lr_slat, lr_run = _sample_slat(flow_lr, lr_cond, coords, params, norm, generator, hooks, "shape_lr")
+    up = shape_decoder.upsample(lr_slat.to(_device(shape_decoder)), upsample_times=4)  # [M, 4] at 512³
+    hr_coords, hr_res = hr_coords_from_lr(up, LR_RESOLUTION, resolution, max_num_tokens)
+    slat, hr_run = _sample_slat(flow_hr, cond, hr_coords, params, norm, generator, hooks, "shape_hr")
+    return ShapeLatent(slat=slat, res=hr_res, runs={"shape_lr": lr_run, "shape_hr": hr_run}, upsample_coords=up)
+
+
+@torch.no_grad()
+def sample_material(flow: nn.Module, cond: Tensor, shape_slat: SparseTensor, params: SamplerParams,
+                    shape_norm: Normalization, tex_norm: Normalization, generator: torch.Generator,
+                    hooks: StageHooks = StageHooks()) -> MaterialLatent:
+    """Texture noise ``[N, in − 32]`` with the normalised shape SLat as ``concat_cond`` → denormalised tex SLat."""
+    device = _device(flow)
+    shape = shape_slat.to(device)
+    channels = int(flow.in_channels) - int(shape.feats.shape[1])
+    if channels <= 0:
+        raise InputError(f"texture flow has {flow.in_channels} input channels, not more than the shape latent's "
+                         f"{shape.feats.shape[1]}")
+    concat = shape.replace(shape_norm.normalize(shape.feats))  # §5.4
+    noise = shape.replace(draw_noise((shape.num_voxels, channels), generator, device))
+    run = _sample(flow, noise, cond, params, hooks, "tex", extra={"concat_cond": concat})
+    samples = run.samples
+    assert isinstance(samples, SparseTensor)
+    return MaterialLatent(slat=samples.replace(tex_norm.denormalize(samples.feats)), run=run)
+
+
+@torch.no_grad()
+def decode(shape_decoder: nn.Module, tex_decoder: nn.Module | None, shape_slat: SparseTensor,
+           tex_slat: SparseTensor | None, res: int) -> Decoded:
+    """Shape decoder at grid ``res`` → meshes + subdivisions; texture decoder guided by them → PBR voxels (§5.2)."""
+    dec = shape_decoder.decode(shape_slat, int(res))
+    pbr: list[PbrVoxels] = []
+    if tex_decoder is not None and tex_slat is not None:
+        raw = tex_decoder(tex_slat, guide_subs=dec.subs)
+        pbr = pbr_voxels(raw, int(res))
+    return Decoded(meshes=list(dec.meshes), pbr=pbr, subs=list(dec.subs), res=int(res))

@@ -1,0 +1,12 @@
+"""Input image preparation (spec §2): alpha/mask handling, downscale, foreground crop, premultiply."""
+from __future__ import annotations
+
+from .image import (
+    ALPHA_THRESHOLD, DEFAULT_MAX_SIZE, attach_mask, crop_to_foreground, downscale, has_usable_alpha, premultiply,
+    preprocess_image,
+)
+
+__all__ = [
+    "preprocess_image", "has_usable_alpha", "downscale", "attach_mask", "crop_to_foreground", "premultiply",
+    "DEFAULT_MAX_SIZE", "ALPHA_THRESHOLD",
+]
