@@ -90,6 +90,8 @@ def main() -> None:
     k = load_kernels()
     from trellis2_kernels.neighbor_map import build_neighbor_map
     from trellis2_kernels.submconv import prepare_submconv, submconv
+    from trellis2_kernels.submconv.configs import select_config
+    from trellis2_kernels.submconv.triton_impl import tile_offsets
 
     dev = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -100,7 +102,8 @@ def main() -> None:
             "dtype": args.dtype, "shape": args.shape, "rows": []}
     print(f"# {info['device']}  torch {info['torch']}  triton {info['triton']}  {args.dtype}  {args.shape}")
     hdr = (f"{'lvl':3} {'N':>9} {'nbrs':>5} {'conv':>10} {'ours ms':>8} {'TF/s':>5} {'ref ms':>8} {'x ref':>6} "
-           f"{'FG ms':>6} {'vs FG':>6} {'ok':>4} | {'map ms':>7} {'map ref':>8}")
+           f"{'FG ms':>6} {'FG/us':>6} {'ok':>4} | {'map ms':>7} {'map ref':>8} {'plan ms':>7} {'path':>10} "
+           f"{'rel err':>7}")
     lines = []
     for name in args.levels.split(","):
         res, n, convs, fg = LEVELS[name]
@@ -112,8 +115,18 @@ def main() -> None:
         if not torch.equal(nbr, build_neighbor_map(coords, policy=ref)):
             raise SystemExit(f"{name}: Triton neighbour map differs from the reference")
         pairs = int((nbr >= 0).sum())
+
+        def fresh_plan():
+            p = prepare_submconv(nbr, policy=tri)
+            for bn in (64, 128):
+                tile_offsets(p, bn)
+            return p
+
+        t_plan = bench(fresh_plan, warmup=5, rep=20)
         plan = prepare_submconv(nbr, policy=tri)
         for (ci, co), fg_ms in zip(convs, fg):
+            cfg = select_config(n, ci, co, dtype, dev)
+            path = "mm" if cfg.method == "explicit" else f"{cfg.block_n}x{cfg.block_co}x{cfg.block_k}"
             feats = torch.randn(n, ci, device=dev, generator=gen).to(dtype)
             w = (torch.randn(co, 3, 3, 3, ci, device=dev, generator=gen) / math.sqrt(27 * ci)).to(dtype)
             b = torch.randn(co, device=dev, generator=gen).to(dtype)
@@ -126,11 +139,11 @@ def main() -> None:
             tflops = 2 * pairs * ci * co / t / 1e9
             row = dict(level=name, n=n, res=res, avg_neighbors=pairs / n, ci=ci, co=co, ms=t, tflops=tflops,
                        ref_ms=t_ref, speedup_vs_ref=t_ref / t, flexgemm_ms=fg_ms, pass_flexgemm=t <= fg_ms,
-                       rel_err=rel, map_ms=t_map, map_ref_ms=t_map_ref)
+                       rel_err=rel, map_ms=t_map, map_ref_ms=t_map_ref, plan_ms=t_plan, config=cfg.__dict__)
             info["rows"].append(row)
             lines.append(f"{name:3} {n:9d} {pairs / n:5.2f} {f'{ci}->{co}':>10} {t:8.3f} {tflops:5.0f} {t_ref:8.2f} "
                          f"{t_ref / t:6.1f} {fg_ms:6.2f} {fg_ms / t:6.2f} {'PASS' if t <= fg_ms else 'FAIL':>4} | "
-                         f"{t_map:7.3f} {t_map_ref:8.3f}   rel_err={rel:.1e}")
+                         f"{t_map:7.3f} {t_map_ref:8.3f} {t_plan:7.3f} {path:>10} {rel:7.1e}")
             print(lines[-1], flush=True)
             del feats, w, b, out, exact
         del plan, nbr, coords

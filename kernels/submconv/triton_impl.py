@@ -1,4 +1,4 @@
-"""Triton masked implicit-GEMM submanifold conv (plus an im2col + cuBLAS path for a few huge-channel shapes).
+"""Triton masked implicit-GEMM submanifold conv, plus an im2col + cuBLAS path for a few huge-channel shapes.
 
 Algorithm (facts from spec performance.md §2.1; this code is our own):
 
@@ -12,7 +12,9 @@ Algorithm (facts from spec performance.md §2.1; this code is our own):
   load the ``[BLOCK_K, BLOCK_CO]`` weight slice straight from the official ``[Co, 27, Ci]`` layout (Ci contiguous,
   so no transposed copy is needed), ``tl.dot`` into an fp32 accumulator; bias in the epilogue; rows are written
   back through the sort permutation. Split-K cuts the flat loop into SPLIT_K parts writing fp32 partials that are
-  summed afterwards (for shapes whose tiles would not fill the GPU).
+  summed afterwards; it is kept for other GPUs, but on the H100 it never won (see configs.py).
+* im2col + cuBLAS (``_explicit``): the shipped table picks it for the coarsest, widest convs (Ci = 1024, and
+  512 -> 2048), where a dense GEMM over all 27 offsets beats the masked kernel.
 """
 from __future__ import annotations
 
@@ -23,14 +25,44 @@ import triton.language as tl
 from .configs import ConvConfig, select_config
 
 PAD = 256  # rows of the sorted map are padded to a multiple of the largest BLOCK_N
-_EXPLICIT_TEMP_BYTES = 1 << 30
+_EXPLICIT_TEMP_BYTES = 512 << 20  # bound on the im2col block per row chunk
+
+
+@triton.jit
+def _accumulate(acc, it, kch, pid_t, rows, kk, col_ok, feats_ptr, w_base, toff_ptr, nbrt_ptr, n_pad, ci,
+                EVEN_K: tl.constexpr, EVEN_CO: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    # One step of the flat K loop: listed offset number it // kch, input-channel chunk it % kch.
+    t = it // kch
+    k = (it - t * kch) * BLOCK_K + kk
+    v = tl.load(toff_ptr + pid_t * 27 + t)
+    idx = tl.load(nbrt_ptr + v.to(tl.int64) * n_pad + rows)
+    a_mask = (idx >= 0)[:, None]
+    b_ptrs = w_base + (v * ci + k)[:, None]
+    if EVEN_K:
+        if EVEN_CO:
+            b = tl.load(b_ptrs)
+        else:
+            b = tl.load(b_ptrs, mask=col_ok[None, :], other=0.0)
+    else:
+        a_mask = a_mask & (k < ci)[None, :]
+        b = tl.load(b_ptrs, mask=(k < ci)[:, None] & col_ok[None, :], other=0.0)
+    a = tl.load(feats_ptr + idx[:, None].to(tl.int64) * ci + k[None, :], mask=a_mask, other=0.0)
+    if UPCAST:  # Triton's CPU interpreter mis-evaluates bf16 dots: exact fp32 products of the bf16 values
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    elif IEEE:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
 
 
 @triton.jit
 def _submconv_kernel(feats_ptr, w_ptr, bias_ptr, out_ptr, nbrt_ptr, perm_ptr, toff_ptr, tcnt_ptr,
                      n_tiles, n_cob, group, n_pad, ci, co, split_stride,
                      HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, EVEN_CO: tl.constexpr,
-                     IEEE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_K: tl.constexpr):
+                     IEEE: tl.constexpr, UPCAST: tl.constexpr, INTERPRET: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_K: tl.constexpr):
     # Launch order: groups of `group` tiles x all output-channel blocks (group = n_tiles: tiles fastest, so the
     # CTAs in flight share weight slices; group = 1: channel blocks fastest, so they share gathered rows).
     pid = tl.program_id(0)
@@ -55,29 +87,18 @@ def _submconv_kernel(feats_ptr, w_ptr, bias_ptr, out_ptr, nbrt_ptr, perm_ptr, to
         end = total
     w_base = w_ptr + cols[None, :].to(tl.int64) * (27 * ci)
     acc = tl.zeros([BLOCK_N, BLOCK_CO], dtype=tl.float32)
-    for it in range(start, end):
-        t = it // kch
-        k0 = (it - t * kch) * BLOCK_K
-        v = tl.load(toff_ptr + pid_t * 27 + t)
-        idx = tl.load(nbrt_ptr + v * n_pad + rows)
-        k = k0 + kk
-        a_mask = (idx >= 0)[:, None]
-        b_ptrs = w_base + (v * ci + k)[:, None]
-        if EVEN_K:
-            if EVEN_CO:
-                b = tl.load(b_ptrs)
-            else:
-                b = tl.load(b_ptrs, mask=col_ok[None, :], other=0.0)
-        else:
-            a_mask = a_mask & (k < ci)[None, :]
-            b = tl.load(b_ptrs, mask=(k < ci)[:, None] & col_ok[None, :], other=0.0)
-        a = tl.load(feats_ptr + idx[:, None].to(tl.int64) * ci + k[None, :], mask=a_mask, other=0.0)
-        if UPCAST:  # Triton's CPU interpreter mis-evaluates bf16 dots: exact fp32 products of the bf16 values
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-        elif IEEE:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
+    if INTERPRET:
+        # Triton 3.6's interpreter cannot take a run-time `range` bound under NumPy >= 2.5; a while loop is
+        # equivalent there. Compiled kernels keep the `for` loop, which Triton software-pipelines.
+        it = start
+        while it < end:
+            acc = _accumulate(acc, it, kch, pid_t, rows, kk, col_ok, feats_ptr, w_base, toff_ptr, nbrt_ptr, n_pad,
+                              ci, EVEN_K, EVEN_CO, IEEE, UPCAST, BLOCK_K)
+            it += 1
+    else:
+        for it in range(start, end):
+            acc = _accumulate(acc, it, kch, pid_t, rows, kk, col_ok, feats_ptr, w_base, toff_ptr, nbrt_ptr, n_pad,
+                              ci, EVEN_K, EVEN_CO, IEEE, UPCAST, BLOCK_K)
     dst = tl.load(perm_ptr + rows)
     o_mask = (dst >= 0)[:, None] & col_ok[None, :]
     o_off = dst[:, None].to(tl.int64) * co + cols[None, :]
@@ -109,8 +130,8 @@ def sorted_map(plan, sort: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     n_pad = max(PAD, triton.cdiv(n, PAD) * PAD)
     dev = nbr.device
     if sort:
-        bits = torch.arange(27, device=dev, dtype=torch.int64)
-        mask = ((nbr >= 0).to(torch.int64) << bits).sum(dim=1)
+        bits = torch.arange(27, device=dev, dtype=torch.int32)
+        mask = ((nbr >= 0).to(torch.int32) << bits).sum(dim=1, dtype=torch.int32)  # distinct bits: sum == OR
         order = torch.sort(_gray_decode(mask), stable=True).indices
         ordered = nbr.index_select(0, order)
     else:
@@ -158,7 +179,7 @@ def _implicit(feats, plan, weight, bias, cfg: ConvConfig, sort: bool = True) -> 
         n_tiles, n_cob, group, n_pad, ci, co, n * co,
         HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, EVEN_K=ci % cfg.block_k == 0,
         EVEN_CO=co % cfg.block_co == 0, IEEE=feats.dtype == torch.float32,
-        UPCAST=feats.device.type == "cpu" and feats.dtype == torch.bfloat16,
+        UPCAST=feats.device.type == "cpu" and feats.dtype == torch.bfloat16, INTERPRET=feats.device.type == "cpu",
         BLOCK_N=cfg.block_n, BLOCK_CO=cfg.block_co, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

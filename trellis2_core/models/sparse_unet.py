@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..sparse import LayerNorm32, SparseLinear, SparseTensor, SubMConv3d
+from ..sparse import LayerNorm32, SparseLinear, SparseTensor, SubMConv3d, silu
 from ..sparse.resample import Subdivision, expand_children, subdivide
 
 __all__ = ["SparseConvNeXtBlock3d", "SparseResBlockC2S3d", "SparseUnetVaeDecoder"]
@@ -91,17 +91,13 @@ class SparseResBlockC2S3d(nn.Module):
                 ) -> tuple[SparseTensor, SparseTensor | None]:
         """``x [N, C]`` → ``(children [M, Co], predicted logits [N, 8] or None)``."""
         sub, logits = self.subdivision(x, subdiv)
-        h = self.conv1(_silu(self.norm1(x)))  # [N, 8·Co]
+        h = self.conv1(silu(self.norm1(x)))  # [N, 8·Co]
         h_child = expand_children(h.feats, sub)  # [M, Co]
         skip = expand_children(x.feats, sub)  # [M, C/8]
         skip = skip.repeat_interleave(self.out_channels // (self.channels // 8), dim=1)  # [M, Co]
         y = SparseTensor(h_child, sub.coords, validate=False)
-        y = self.conv2(_silu(self.norm2(y)))
+        y = self.conv2(silu(self.norm2(y)))
         return y.replace(y.feats + skip), logits
-
-
-def _silu(x: SparseTensor) -> SparseTensor:
-    return x.replace(F.silu(x.feats))
 
 
 def _check_block_config(model_channels: Sequence[int], num_blocks: Sequence[int], block_type: Sequence[str],

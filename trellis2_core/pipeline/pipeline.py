@@ -101,7 +101,7 @@ class Pipeline:
         return SamplerParams.from_pipeline(block, overrides)
 
     def run(self, image: Image.Image, *, seed: int = DEFAULT_SEED, pipeline_type: str | None = None,
-            preprocess: bool = True, mask: Any = None, samplers: SamplerOverrides = SamplerOverrides(),
+            preprocess: bool = True, mask: Any = None, samplers: SamplerOverrides | None = None,
             max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS, hooks: StageHooks = StageHooks()) -> PipelineResult:
         """Official ``run``: preprocess (optional) → DINOv3 → :meth:`run_from_conditioning`."""
         ptype = self._type(pipeline_type)
@@ -114,11 +114,12 @@ class Pipeline:
     @torch.no_grad()
     def run_from_conditioning(self, cond: Conditioning, *, seed: int = DEFAULT_SEED,
                               pipeline_type: PipelineType | str | None = None,
-                              samplers: SamplerOverrides = SamplerOverrides(),
+                              samplers: SamplerOverrides | None = None,
                               max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS,
                               hooks: StageHooks = StageHooks()) -> PipelineResult:
         """Sampling and decoding from precomputed conditioning; noise order SS, shape (LR, HR), texture (§1.5)."""
         ptype = self._type(pipeline_type)
+        samplers = samplers or SamplerOverrides()
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(seed))
         get = self.models

@@ -159,11 +159,10 @@ def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch
 def _sample(model: nn.Module, noise: Latent, cond: Tensor, params: SamplerParams, hooks: StageHooks, stage: str,
             extra: Mapping[str, object] | None = None) -> SamplingRun:
     cond = cond.to(_device(model))
-    on_step = None
-    if hooks.progress is not None:
-        report = hooks.progress
+    report = hooks.progress
 
-        def on_step(i: int, n: int, _x: Latent, _x0: Latent) -> None:
+    def on_step(i: int, n: int, _x: Latent, _x0: Latent) -> None:
+        if report is not None:
             report(stage, i + 1, n)
 
     res = sample_flow_euler(model, noise, cond, torch.zeros_like(cond), params, extra=extra, on_step=on_step,

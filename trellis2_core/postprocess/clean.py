@@ -48,14 +48,14 @@ def remove_duplicate_faces(mesh: Mesh) -> Mesh:
         return mesh
     s = torch.sort(mesh.faces.to(torch.int64), dim=1).values
     n = max(mesh.num_vertices, 1)
-    key = (s[:, 0] * n + s[:, 1]) * n + s[:, 2]  # fits int64 for n < 2M; fall back below otherwise
-    if n >= 2_000_000:
+    if n < 2_000_000:  # n³ < 2⁶³: one packed key per face
+        _, inv = torch.unique((s[:, 0] * n + s[:, 1]) * n + s[:, 2], return_inverse=True)
+    else:
         _, inv = torch.unique(s, dim=0, return_inverse=True)
-        key = inv
-    _, inv = torch.unique(key, return_inverse=True)
-    first = torch.full((int(inv.max()) + 1,), mesh.num_faces, dtype=torch.int64, device=key.device)
-    first.scatter_reduce_(0, inv, torch.arange(mesh.num_faces, device=key.device), reduce="amin")
-    keep = torch.zeros(mesh.num_faces, dtype=torch.bool, device=key.device)
+    device = inv.device
+    first = torch.full((int(inv.max()) + 1,), mesh.num_faces, dtype=torch.int64, device=device)
+    first.scatter_reduce_(0, inv, torch.arange(mesh.num_faces, device=device), reduce="amin")
+    keep = torch.zeros(mesh.num_faces, dtype=torch.bool, device=device)
     keep[first] = True
     return _keep_faces(mesh, keep)
 
@@ -123,10 +123,10 @@ def unify_orientation(mesh: Mesh, outward: bool = True) -> Mesh:
     return Mesh.unchecked(mesh.vertices, faces.contiguous())
 
 
-def clean_mesh(mesh: Mesh, min_component_area: float = 0.0) -> Mesh:
-    """Degenerate faces → duplicate faces → (optional) small components → orientation, in that order."""
+def clean_mesh(mesh: Mesh, min_component_area: float = 0.0, orient: bool = True) -> Mesh:
+    """Degenerate faces → duplicate faces → (optional) small components → (optional) orientation, in that order."""
     mesh = remove_degenerate_faces(mesh)
     mesh = remove_duplicate_faces(mesh)
     if min_component_area > 0:
         mesh = remove_small_components(mesh, min_component_area)
-    return unify_orientation(mesh)
+    return unify_orientation(mesh) if orient else mesh

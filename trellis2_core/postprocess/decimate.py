@@ -14,7 +14,7 @@ import torch
 from ..errors import BackendError
 from ..mesh.types import Mesh
 
-__all__ = ["decimate"]
+__all__ = ["decimate_mesh"]
 
 _INSTALL_HINT = "pip install 'fast-simplification>=0.1.7'"
 
@@ -27,7 +27,7 @@ def _simplifier():
     return fast_simplification
 
 
-def decimate(mesh: Mesh, target_faces: int, aggressiveness: float = 7.0) -> Mesh:
+def decimate_mesh(mesh: Mesh, target_faces: int, aggressiveness: float = 7.0) -> Mesh:
     """Return ``mesh`` reduced to at most about ``target_faces`` faces (QEM edge collapse).
 
     ``target_faces <= 0`` disables the step, and meshes already at or below the target are returned unchanged.
@@ -40,7 +40,12 @@ def decimate(mesh: Mesh, target_faces: int, aggressiveness: float = 7.0) -> Mesh
     device = mesh.vertices.device
     points = mesh.vertices.detach().to("cpu", torch.float64).numpy()
     triangles = mesh.faces.detach().to("cpu", torch.int32).numpy()
-    out_points, out_faces = fs.simplify(points, triangles, target_count=int(target_faces), agg=float(aggressiveness))
+    try:
+        out_points, out_faces = fs.simplify(points, triangles, target_count=int(target_faces),
+                                            agg=float(aggressiveness))
+    except TypeError:  # fast-simplification < 0.1.9 has no target_count
+        reduction = 1.0 - target_faces / mesh.num_faces
+        out_points, out_faces = fs.simplify(points, triangles, target_reduction=reduction, agg=float(aggressiveness))
     vertices = torch.from_numpy(np.ascontiguousarray(out_points, dtype=np.float32)).to(device)
     faces = torch.from_numpy(np.ascontiguousarray(out_faces, dtype=np.int32)).to(device)
     return Mesh(vertices, faces)

@@ -42,6 +42,8 @@ def submanifold_conv3d(x: SparseTensor, weight: Tensor, bias: Tensor | None = No
     _, sc = _ops()
     if x.feats.dim() != 2:
         raise ValueError(f"submanifold_conv3d needs 2-D feats [N, Ci], got {list(x.feats.shape)}")
+    if weight.dtype != x.feats.dtype:  # the kernel contract wants matching dtypes; the dtype policy normally ensures it
+        weight = weight.to(x.feats.dtype)
     out = sc.submconv(x.feats, submconv_plan(x), weight, bias)
     return x.replace(out)
 
