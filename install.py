@@ -1,7 +1,114 @@
-"""ComfyUI-Manager install hook: installs the pack's Python dependencies (nothing is compiled)."""
+"""ComfyUI-Manager install hook: Python dependencies, then the pinned three.js for the preview widget.
+
+Run by ComfyUI-Manager after cloning (and safe to run by hand: ``python install.py``). It
+
+1. ``pip install -r requirements.txt`` with the Python running this script (ComfyUI's);
+2. downloads three.js ``THREE_VERSION`` from the npm registry over HTTPS, checks the tarball against the pinned
+   sha512 integrity, and copies the few files the viewer needs into ``web/vendor/`` (git-ignored). The addon
+   modules' bare ``'three'`` imports are rewritten to the local file, and everything is named ``*.mjs`` so ComfyUI
+   does not load it at page start (the viewer imports it only when a preview is shown). No CDN at run time.
+
+``--skip-pip`` only fetches three.js; ``--tarball FILE`` uses a local copy of the npm tarball (offline installs).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import io
 import os
 import subprocess
 import sys
+import tarfile
+import urllib.request
 
-here = os.path.dirname(os.path.abspath(__file__))
-subprocess.check_call([sys.executable, "-m", "pip", "install", "-r", os.path.join(here, "requirements.txt")])
+HERE = os.path.dirname(os.path.abspath(__file__))
+VENDOR = os.path.join(HERE, "web", "vendor")
+THREE_VERSION = "0.170.0"
+THREE_URL = f"https://registry.npmjs.org/three/-/three-{THREE_VERSION}.tgz"
+# npm's dist.integrity of three@0.170.0 (sha512 of the .tgz)
+THREE_INTEGRITY = "sha512-FQK+LEpYc0fBD+J8g6oSEyyNzjp+Q7Ks1C568WWaoMRLW+TkNNWmenWeGgJjV105Gd+p/2ql1ZcjYvNiPZBhuQ=="
+# tarball member -> vendored file name
+FILES = {
+    "package/build/three.module.min.js": "three.module.min.mjs",
+    "package/examples/jsm/controls/OrbitControls.js": "OrbitControls.mjs",
+    "package/examples/jsm/environments/RoomEnvironment.js": "RoomEnvironment.mjs",
+    "package/examples/jsm/loaders/GLTFLoader.js": "GLTFLoader.mjs",
+    "package/examples/jsm/utils/BufferGeometryUtils.js": "BufferGeometryUtils.mjs",
+    "package/LICENSE": "LICENSE-three.txt",
+}
+# import specifiers rewritten inside the addon modules
+REWRITES = {
+    "from 'three';": "from './three.module.min.mjs';",
+    "from '../utils/BufferGeometryUtils.js';": "from './BufferGeometryUtils.mjs';",
+}
+STAMP = "VERSION"
+
+
+def pip_install() -> None:
+    req = os.path.join(HERE, "requirements.txt")
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-r", req])
+
+
+def _check_integrity(data: bytes) -> None:
+    algo, _, expected = THREE_INTEGRITY.partition("-")
+    digest = base64.b64encode(hashlib.new(algo, data).digest()).decode()
+    if digest != expected:
+        raise SystemExit(f"three.js tarball integrity mismatch: expected {THREE_INTEGRITY}, got {algo}-{digest}. "
+                         "The download is corrupt or was tampered with; nothing was installed.")
+
+
+def _download() -> bytes:
+    req = urllib.request.Request(THREE_URL, headers={"User-Agent": "trellis2-comfy-install"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return resp.read()
+
+
+def vendor_three(tarball: str | None = None, force: bool = False) -> str:
+    """Install three.js into web/vendor/ (no-op when that version is already there); returns the folder."""
+    stamp = os.path.join(VENDOR, STAMP)
+    if not force and os.path.isfile(stamp):
+        with open(stamp, encoding="utf-8") as f:
+            if f.read().strip() == THREE_VERSION and all(os.path.isfile(os.path.join(VENDOR, n))
+                                                         for n in FILES.values()):
+                return VENDOR
+    if tarball:
+        with open(tarball, "rb") as f:
+            data = f.read()
+    else:
+        data = _download()
+    _check_integrity(data)
+    os.makedirs(VENDOR, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for member, name in FILES.items():
+            handle = tar.extractfile(member)
+            if handle is None:
+                raise SystemExit(f"three.js tarball has no {member}")
+            text = handle.read().decode("utf-8")
+            if name.endswith(".mjs") and not name.startswith("three.module"):
+                for old, new in REWRITES.items():
+                    text = text.replace(old, new)
+            tmp = os.path.join(VENDOR, name + ".tmp")
+            with open(tmp, "w", encoding="utf-8", newline="\n") as out:
+                out.write(text)
+            os.replace(tmp, os.path.join(VENDOR, name))
+    with open(stamp, "w", encoding="utf-8") as f:
+        f.write(THREE_VERSION + "\n")
+    return VENDOR
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-pip", action="store_true", help="only install three.js into web/vendor/")
+    parser.add_argument("--tarball", help="local three-%s.tgz instead of downloading it" % THREE_VERSION)
+    parser.add_argument("--force", action="store_true", help="re-install three.js even if present")
+    args = parser.parse_args(argv)
+    if not args.skip_pip:
+        pip_install()
+    folder = vendor_three(args.tarball, args.force)
+    print(f"three.js {THREE_VERSION} installed in {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,9 @@
 """Triton UV rasteriser: one program per (triangle, 16×16 tile of its texel bounding box).
 
 The host computes every triangle's texel box (with the reference's ``triangle_boxes``, so both paths agree on it)
-and drops zero-area triangles, then flattens the tiles of all boxes into one launch: small triangles (almost all of them) get one program, large
-ones many, so the load is balanced and no program loops over data-dependent bounds. Each covered texel receives
+and drops zero-area triangles, then flattens the tiles of all boxes into one launch: small triangles (almost all
+of them) get one program, large ones many, so the load is balanced and no program loops over data-dependent
+bounds. Each covered texel receives
 ``atomic_max(face id)``, which reproduces the reference's "highest face index wins" independently of scheduling.
 The inside test evaluates the same edge functions as the reference in float32; the compiler may contract them into
 FMAs, so texel centres within rounding distance of an edge can differ from the reference (the tests allow a tiny

@@ -69,7 +69,7 @@ def oriented_blob(blob48):
 
 
 def _icosphere(subdivisions: int = 2):
-    import trimesh
+    trimesh = pytest.importorskip("trimesh")
 
     s = trimesh.creation.icosphere(subdivisions=subdivisions, radius=0.4)
     return torch.tensor(s.vertices, dtype=torch.float32), torch.tensor(s.faces, dtype=torch.int32)

@@ -48,7 +48,8 @@ def test_renormalisation_example_by_hand():
     # evenly. Only (3,4,4) [value 1] and (4,4,4) [value 3] exist: w = 0.25·0.5·0.5 and 0.75·0.5·0.5, so the
     # renormalised value is 0.25·1 + 0.75·3 = 2.5 (zero padding would have given 0.625).
     res = 8
-    table = {(3, 4, 4): torch.full((6,), 1.0, dtype=torch.float64), (4, 4, 4): torch.full((6,), 3.0, dtype=torch.float64)}
+    table = {(3, 4, 4): torch.full((6,), 1.0, dtype=torch.float64),
+             (4, 4, 4): torch.full((6,), 3.0, dtype=torch.float64)}
     p = torch.tensor([[4.25 / res - 0.5, 4.5 / res - 0.5, 4.5 / res - 0.5]])
     got = sample_pbr_voxels(_voxels(table, res), p, fallback=False)
     torch.testing.assert_close(got, torch.full((1, 6), 2.5), atol=1e-6, rtol=0)

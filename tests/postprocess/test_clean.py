@@ -1,6 +1,7 @@
 """Clean-up passes: orientation unification (union-find with parity), degenerate/duplicate faces, components."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from trellis2_core.mesh.types import Mesh
@@ -11,7 +12,7 @@ from trellis2_core.postprocess.clean import (remove_degenerate_faces, remove_dup
 
 
 def _consistent(mesh: Mesh) -> bool:
-    import trimesh
+    trimesh = pytest.importorskip("trimesh")
 
     return trimesh.Trimesh(mesh.vertices.numpy(), mesh.faces.numpy(), process=False).is_winding_consistent
 

@@ -9,19 +9,21 @@ batch element with variable-length attention.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import FastPathConfig
 from ..sparse.attention import attention, varlen_attention
 from ..sparse.layers import LayerNorm32
 from ..sparse.rope import RopeTable, apply_rope
 from ..sparse.tensor import SparseTensor
 
-__all__ = ["Tokens", "TimestepEmbedder", "MultiHeadRMSNorm", "SelfAttention", "CrossAttention", "FeedForward",
-           "ModulatedTransformerCrossBlock", "FlowDiT", "timestep_embedding", "modulate", "gate_residual", "per_token",
+__all__ = ["Tokens", "CrossContext", "TimestepEmbedder", "MultiHeadRMSNorm", "SelfAttention", "CrossAttention",
+           "FeedForward", "ModulatedTransformerCrossBlock", "FlowDiT", "timestep_embedding", "modulate", "gate_residual", "per_token",
            "trunk_dtype_from_args"]
 
 Tokens = Union[Tensor, SparseTensor]
@@ -44,6 +46,40 @@ def per_token(x: Tokens, v: Tensor) -> Tensor:
     if isinstance(x, SparseTensor):
         return v if v.shape[0] == 1 else x.broadcast_batch(v)
     return v[:, None, :]
+
+
+@dataclass(frozen=True)
+class CrossContext:
+    """An image context prepared once per sampling stage (performance.md §4.1; see :meth:`FlowDiT.prepare_context`).
+
+    Batch elements ``0..n_live-1`` attend to ``tokens`` (keys/values of every block in ``kv`` when cached); the
+    others have an all-zero context, whose cross-attention output is the per-block constant ``const[i] [C]``.
+    """
+
+    tokens: Tensor  # [B, M, Cc] in the trunk dtype
+    n_live: int
+    kv: tuple[tuple[Tensor, Tensor], ...] | None = None  # per block: k, v [n_live, M, H, D]
+    const: tuple[Tensor, ...] | None = None  # per block [C]; needed when n_live < B
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tokens.shape
+
+    def pair(self, other: "CrossContext") -> "CrossContext | None":
+        """This context's elements followed by ``other``'s (a CFG batch), or None when that cannot be expressed."""
+        if self.n_live != self.shape[0]:
+            return None  # zero elements must come last
+        tokens = torch.cat([self.tokens, other.tokens])
+        if other.n_live == 0:
+            return CrossContext(tokens, self.n_live, self.kv, other.const)
+        kv = None
+        if self.kv is not None and other.kv is not None:
+            kv = tuple((torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])) for a, b in zip(self.kv, other.kv))
+        return CrossContext(tokens, self.n_live + other.n_live, kv, other.const)
+
+
+def _batch(x: Tokens) -> int:
+    return x.batch_size if isinstance(x, SparseTensor) else int(x.shape[0])
 
 
 def modulate(h: Tokens, shift: Tensor, scale: Tensor) -> Tokens:
@@ -154,6 +190,16 @@ class CrossAttention(nn.Module):
             k = self.k_rms_norm(k)
         return k, v
 
+    def zero_context_output(self) -> Tensor:
+        """Output ``[C]`` for an all-zero context, whatever the query (performance.md §4.1).
+
+        Every key is ``RMSNorm(bias_k)`` and every value ``bias_v``: the softmax is uniform, the attention returns
+        ``bias_v`` and the layer ``to_out(bias_v)``.
+        """
+        zeros = self.to_kv.weight.new_zeros(1, self.to_kv.in_features)
+        v = self.to_kv(zeros).unflatten(-1, (2, self.num_heads, self.head_dim))[:, 1]  # [1, H, D]
+        return self.to_out(v.flatten(-2))[0]
+
     def forward(self, x: Tokens, context: Tensor, kv: tuple[Tensor, Tensor] | None = None) -> Tokens:
         q = self.to_q(_feats(x)).unflatten(-1, (self.num_heads, self.head_dim))  # [..., N, H, D]
         if self.qk_rms_norm:
@@ -200,17 +246,36 @@ class ModulatedTransformerCrossBlock(nn.Module):
         self.mlp = FeedForward(channels, mlp_ratio)
         self.modulation = nn.Parameter(torch.zeros(6 * channels))
 
-    def forward(self, x: Tokens, mod: Tensor, context: Tensor, rope: RopeTable | None = None,
-                kv: tuple[Tensor, Tensor] | None = None) -> Tokens:
+    def forward(self, x: Tokens, mod: Tensor, context: Tensor | None, rope: RopeTable | None = None,
+                kv: tuple[Tensor, Tensor] | None = None, const: Tensor | None = None,
+                n_live: int | None = None) -> Tokens:
+        """One block. ``kv``: precomputed context keys/values; elements ``n_live..B-1`` have a zero context and
+        add ``const [C]`` (:class:`CrossContext`) instead of running the cross-attention (dense tokens only)."""
         # §4.2: (fp32 modulation + trunk-dtype mod) is cast back to the trunk dtype before the split
         mod = (self.modulation + mod).to(mod.dtype)  # [B, 6C]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             per_token(x, m) for m in mod.chunk(6, dim=1))
         h = modulate(self.norm1(x), shift_msa, scale_msa)
         x = gate_residual(x, self.self_attn(h, rope), gate_msa)
-        x = gate_residual(x, self.cross_attn(self.norm2(x), context, kv))
+        x = self.cross_residual(x, context, kv, const, n_live)
         h = modulate(self.norm3(x), shift_mlp, scale_mlp)
         return gate_residual(x, self.mlp(h), gate_mlp)
+
+
+    def cross_residual(self, x: Tokens, context: Tensor | None, kv: tuple[Tensor, Tensor] | None,
+                       const: Tensor | None, n_live: int | None) -> Tokens:
+        """``x + CrossAttn(LN2(x))``; zero-context elements (from ``n_live`` on) add the constant instead."""
+        b = _batch(x)
+        live = b if const is None or n_live is None else n_live
+        if live >= b:
+            return gate_residual(x, self.cross_attn(self.norm2(x), context, kv))
+        if live == 0:
+            return _like(x, _feats(x) + const)
+        if isinstance(x, SparseTensor):
+            raise ValueError("a batch mixing real and zero contexts needs dense tokens")
+        ctx = context[:live] if context is not None else None
+        y = gate_residual(x[:live], self.cross_attn(self.norm2(x[:live]), ctx, kv))
+        return torch.cat([y, x[live:] + const])
 
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -286,17 +351,57 @@ class FlowDiT(nn.Module):
         """``t [B]`` (×1000) → shared adaLN output ``mod [B, 6C]`` in the trunk dtype (computed in fp32)."""
         return self.adaLN_modulation(self.t_embedder(t)).to(self.trunk_dtype)
 
-    def run_trunk(self, h: Tokens, t: Tensor, cond: Tensor, rope: RopeTable | None) -> Tokens:
-        """Embedded tokens → all blocks → final non-affine LayerNorm (eps 1e-5) → output layer (§4.2)."""
+    def prepare_context(self, cond: Tensor, *, cache_kv: bool = True, zero_const: bool = False) -> CrossContext:
+        """Prepare a fixed context ``[B, M, Cc]`` for a whole sampling stage (performance.md §4.1).
+
+        ``cache_kv``: project every block's keys/values now. ``zero_const``: if ``cond`` is all zeros (the
+        unconditional branch), keep only each block's constant cross-attention output (costs one device sync).
+        """
+        self._check_cond(cond)
+        tokens = cond.to(self.trunk_dtype)
+        if zero_const and not bool(cond.any()):
+            return CrossContext(tokens, 0, None, tuple(b.cross_attn.zero_context_output() for b in self.blocks))
+        kv = tuple(b.cross_attn.project_kv(tokens) for b in self.blocks) if cache_kv else None
+        return CrossContext(tokens, int(cond.shape[0]), kv, None)
+
+    def _check_cond(self, cond: Tensor) -> None:
         if cond.dim() != 3 or cond.shape[-1] != self.cond_channels:
             raise ValueError(f"{type(self).__name__}: cond must be [B, M, {self.cond_channels}], "
                              f"got {list(cond.shape)}")
+
+    def run_trunk(self, h: Tokens, t: Tensor, cond: Tensor | CrossContext, rope: RopeTable | None,
+                  fast: FastPathConfig | None = None) -> Tokens:
+        """Embedded tokens → all blocks → final non-affine LayerNorm (eps 1e-5) → output layer (§4.2).
+
+        ``cond`` may be a :class:`CrossContext` (see :meth:`prepare_context`); ``fast.compile_blocks`` compiles the
+        block on CUDA for dense tokens.
+        """
+        n = len(self.blocks)
+        kvs: tuple = (None,) * n
+        consts: tuple = (None,) * n
+        n_live = None
+        if isinstance(cond, CrossContext):
+            tokens = cond.tokens
+            mixed_sparse = isinstance(h, SparseTensor) and 0 < cond.n_live < _batch(h)
+            if cond.kv is not None and not mixed_sparse:
+                kvs = cond.kv
+            if cond.const is not None and not mixed_sparse:
+                consts, n_live = cond.const, cond.n_live
+        else:
+            self._check_cond(cond)
+            tokens = cond
         mod = self.time_modulation(t)
         dt = self.trunk_dtype
         h = _like(h, _feats(h).to(dt))
-        cond = cond.to(dt)
-        for block in self.blocks:
-            h = block(h, mod, cond, rope)
+        tokens = tokens.to(dt)
+        step = _run_block
+        if fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(h.device):
+            step = self.__dict__.get("_compiled_block_step")
+            if step is None:  # one compiled callable per model; dynamo shares the graphs between blocks
+                step = torch.compile(_run_block, dynamic=True)
+                self.__dict__["_compiled_block_step"] = step
+        for block, kv, const in zip(self.blocks, kvs, consts):
+            h = step(block, h, mod, tokens, rope, kv, const, n_live)
         f = _feats(h).to(self.out_layer.weight.dtype)
         f = F.layer_norm(f, f.shape[-1:])
         return _like(h, self.out_layer(f))
@@ -305,6 +410,12 @@ class FlowDiT(nn.Module):
         if t.dim() != 1 or t.shape[0] != batch or cond.shape[0] != batch:
             raise ValueError(f"{type(self).__name__}: input has batch {batch} but t is {list(t.shape)} and cond is "
                              f"{list(cond.shape)}; pass t [B] and cond [B, M, C]")
+
+
+def _run_block(block: ModulatedTransformerCrossBlock, h: Tokens, mod: Tensor, context: Tensor,
+               rope: RopeTable | None, kv: tuple[Tensor, Tensor] | None, const: Tensor | None,
+               n_live: int | None) -> Tokens:
+    return block(h, mod, context, rope, kv, const, n_live)
 
 
 def _apply_policy_on_load(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:

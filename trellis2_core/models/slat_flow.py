@@ -7,9 +7,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..sparse.rope import sparse_rope
+from ..config import FastPathConfig
+from ..sparse.rope import RopeTable, sparse_rope
 from ..sparse.tensor import SparseTensor
-from .blocks import FlowDiT
+from .blocks import CrossContext, FlowDiT
 
 __all__ = ["SLatFlowModel"]
 
@@ -22,11 +23,12 @@ class SLatFlowModel(FlowDiT):
     (channels appended after ``x``'s, §4.5).
     """
 
-    def forward(self, x: SparseTensor, t: Tensor, cond: Tensor,
-                concat_cond: SparseTensor | None = None) -> SparseTensor:
+    def forward(self, x: SparseTensor, t: Tensor, cond: Tensor | CrossContext,
+                concat_cond: SparseTensor | None = None, fast: FastPathConfig | None = None) -> SparseTensor:
         """``x`` feats ``[N, C]``, ``t [B]`` float (= 1000·t), ``cond [B, M, Cc]`` → velocity feats ``[N, Cout]``.
 
-        The result lives on ``x``'s voxels, in ``x``'s row order, and shares its derived-map cache.
+        The result lives on ``x``'s voxels, in ``x``'s row order, and shares its derived-map cache. ``cond`` may be
+        a prepared :class:`CrossContext`; ``fast`` selects fast-path switches (``config.py``).
         """
         if not isinstance(x, SparseTensor):
             raise ValueError(f"SLatFlowModel expects a SparseTensor, got {type(x).__name__}")
@@ -41,4 +43,27 @@ class SLatFlowModel(FlowDiT):
         self._check_batch(t, cond, x.batch_size)
         h = x.replace(self.input_layer(feats.to(self.input_layer.weight.dtype)))
         rope = sparse_rope(h, self.head_dim, self.rope_freq)
-        return self.run_trunk(h, t, cond, rope)
+        dense_rope = _dense_view_rope(h, rope) if fast is not None and fast.use_dense_tokens() else None
+        if dense_rope is None:
+            return self.run_trunk(h, t, cond, rope, fast)
+        out = self.run_trunk(h.feats.view(h.batch_size, -1, h.feats.shape[-1]), t, cond, dense_rope, fast)
+        return h.replace(out.flatten(0, 1))  # [N, Cout], rows as x
+
+
+def _dense_view_rope(x: SparseTensor, rope: RopeTable) -> RopeTable | None:
+    """The RoPE table ``[L, D/2]`` of a dense ``[B, L, C]`` view of ``x``, or None when there is no such view.
+
+    The view exists when every batch element has ``L`` voxels at the same positions in the same order (one sample,
+    or a CFG pair made of one sample twice); checked once per voxel set (one device sync).
+    """
+    def same_positions() -> bool:
+        lens = x.seqlens
+        if len(set(lens)) != 1 or lens[0] == 0:
+            return False
+        pos = x.coords[:, 1:].view(len(lens), lens[0], 3)
+        return bool((pos == pos[:1]).all())
+
+    if not x.cache.get_or_create("dense_view", same_positions):
+        return None
+    n = x.seqlens[0]
+    return rope[0][:n], rope[1][:n]

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..config import FastPathConfig
 from ..sparse.rope import grid_rope
 from ..sparse.tensor import DerivedCache
-from .blocks import FlowDiT
+from .blocks import CrossContext, FlowDiT
 
 __all__ = ["SparseStructureFlowModel"]
 
@@ -24,8 +25,12 @@ class SparseStructureFlowModel(FlowDiT):
         super().__init__(**args)
         self._rope_cache = DerivedCache(max_entries=4)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """``x [B, Cin, R, R, R]``, ``t [B]`` float (= 1000·t), ``cond [B, M, Cc]`` → ``[B, Cout, R, R, R]``."""
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | CrossContext,
+                fast: FastPathConfig | None = None) -> Tensor:
+        """``x [B, Cin, R, R, R]``, ``t [B]`` float (= 1000·t), ``cond [B, M, Cc]`` → ``[B, Cout, R, R, R]``.
+
+        ``cond`` may be a prepared :class:`CrossContext`; ``fast`` selects fast-path switches (``config.py``).
+        """
         r = self.resolution
         if x.dim() != 5 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != (r, r, r):
             raise ValueError(f"SparseStructureFlowModel expects x [B, {self.in_channels}, {r}, {r}, {r}], "
@@ -35,5 +40,5 @@ class SparseStructureFlowModel(FlowDiT):
         h = x.reshape(b, self.in_channels, -1).transpose(1, 2)  # [B, R³, Cin], z fastest (§4.4)
         h = self.input_layer(h.to(self.input_layer.weight.dtype))
         rope = grid_rope(x.shape[2:], self.head_dim, self.rope_freq, device=x.device, cache=self._rope_cache)
-        h = self.run_trunk(h, t, cond, rope)  # [B, R³, Cout] fp32
+        h = self.run_trunk(h, t, cond, rope, fast)  # [B, R³, Cout] fp32
         return h.transpose(1, 2).reshape(b, self.out_channels, *x.shape[2:])

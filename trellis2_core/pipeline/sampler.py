@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..config import FastPathConfig
 from ..errors import CancelledError, InputError
 from ..sparse.tensor import SparseTensor
 
@@ -154,9 +155,14 @@ class _Guided:
     """Evaluates the (guided) velocity at one time, optionally recording each model call."""
 
     def __init__(self, model: ModelFn, cond: Any, neg_cond: Any, params: SamplerParams, extra: Mapping[str, Any],
-                 calls: list[ModelCall] | None) -> None:
+                 calls: list[ModelCall] | None, fast: FastPathConfig | None = None) -> None:
         self.model, self.cond, self.neg_cond, self.params = model, cond, neg_cond, params
         self.extra, self.calls = dict(extra), calls
+        if fast is not None:
+            self.extra["fast"] = fast
+        self.batch_cfg = fast is not None and fast.batch_cfg
+        self._pair_cond: Any = None
+        self._templates: dict[int, tuple[Tensor, SparseTensor]] = {}  # id(coords) -> (coords, paired voxels)
 
     def _call(self, x: Latent, t: float, cond: Any, branch: int) -> Tensor:
         b = _batch_size(x)
@@ -166,6 +172,47 @@ class _Guided:
         if self.calls is not None:
             self.calls.append(ModelCall(float(t_model[0]), branch))
         return _feats(self.model(x, t_model, cond, **self.extra))
+
+    def _pair(self, x: Any) -> Any:
+        """``x`` twice along the batch (a SparseTensor gets batch ids ``B..2B-1`` for the copy; cached voxels)."""
+        if isinstance(x, Tensor):
+            return torch.cat([x, x])
+        if not isinstance(x, SparseTensor):
+            return x
+        entry = self._templates.get(id(x.coords))
+        if entry is None or entry[0] is not x.coords:
+            shifted = x.coords.clone()
+            shifted[:, 0] += x.batch_size
+            entry = (x.coords, SparseTensor(torch.cat([x.feats, x.feats]), torch.cat([x.coords, shifted]),
+                                            validate=False))
+            self._templates[id(x.coords)] = entry
+        return entry[1].replace(torch.cat([x.feats, x.feats]))
+
+    def _paired_cond(self, b: int) -> Any:
+        """cond and neg_cond as one batch of ``2b`` (None when they cannot be batched)."""
+        if self._pair_cond is None:
+            cond, neg = self.cond, self.neg_cond
+            if isinstance(cond, Tensor) and isinstance(neg, Tensor):
+                self._pair_cond = torch.cat([cond.expand(b, *cond.shape[1:]), neg.expand(b, *neg.shape[1:])])
+            elif hasattr(cond, "pair") and type(cond) is type(neg) and cond.shape[0] == b:
+                self._pair_cond = cond.pair(neg) or False
+            else:
+                self._pair_cond = False
+        return self._pair_cond
+
+    def _call_pair(self, x: Latent, t: float) -> tuple[Tensor, Tensor] | None:
+        """Conditional and unconditional velocities from one batched model call (``FastPathConfig.batch_cfg``)."""
+        b = _batch_size(x)
+        cond = self._paired_cond(b)
+        if cond is False:
+            return None
+        t_model = torch.tensor([1000 * t] * (2 * b), device=_feats(x).device, dtype=torch.float32)
+        extra = {k: self._pair(v) for k, v in self.extra.items()}
+        if self.calls is not None:
+            self.calls += [ModelCall(float(t_model[0]), 1), ModelCall(float(t_model[0]), 0)]
+        v = _feats(self.model(self._pair(x), t_model, cond, **extra))
+        n = v.shape[0] // 2
+        return v[:n], v[n:]
 
     def x0_from_v(self, x: Latent, t: float, v: Tensor) -> Tensor:
         s = self.params.sigma_min
@@ -185,8 +232,12 @@ class _Guided:
             raise InputError(f"guidance_strength {w} needs a negative condition (neg_cond), got None")
         if w == 0:
             return self._call(x, t, self.neg_cond, 0)
-        v_pos = self._call(x, t, self.cond, 1)
-        v_neg = self._call(x, t, self.neg_cond, 0)
+        pair = self._call_pair(x, t) if self.batch_cfg else None
+        if pair is not None:
+            v_pos, v_neg = pair
+        else:
+            v_pos = self._call(x, t, self.cond, 1)
+            v_neg = self._call(x, t, self.neg_cond, 0)
         v = w * v_pos + (1 - w) * v_neg
         if p.guidance_rescale > 0:
             x0_pos, x0_cfg = self.x0_from_v(x, t, v_pos), self.x0_from_v(x, t, v)
@@ -201,7 +252,7 @@ def sample_flow_euler(model: ModelFn, noise: Latent, cond: Any, neg_cond: Any, p
                       extra: Mapping[str, Any] | None = None,
                       on_step: Callable[[int, int, Latent, Latent], None] | None = None,
                       should_cancel: Callable[[], bool] | None = None, record_calls: bool = False,
-                      stage: str = "sampler") -> SamplerResult:
+                      stage: str = "sampler", fast: FastPathConfig | None = None) -> SamplerResult:
     """Integrate the flow from ``noise`` (t = 1) to a sample (t = 0) with ``params.steps`` Euler steps (§7).
 
     Args:
@@ -214,12 +265,14 @@ def sample_flow_euler(model: ModelFn, noise: Latent, cond: Any, neg_cond: Any, p
         should_cancel: polled before every step; ``True`` raises :class:`CancelledError`.
         record_calls: keep ``(t_model, branch)`` of every model evaluation in ``result.calls``.
         stage: name used in error messages.
+        fast: fast-path switches (``config.py``); passed to the model as ``fast=`` and, with ``batch_cfg``, runs
+            the two CFG branches as one batch. None: the plain path (the model is called without ``fast``).
     Raises:
         InputError: the model returned NaN/Inf (checked once per step).
         CancelledError: ``should_cancel()`` returned true.
     """
     calls: list[ModelCall] | None = [] if record_calls else None
-    guided = _Guided(model, cond, neg_cond, params, extra or {}, calls)
+    guided = _Guided(model, cond, neg_cond, params, extra or {}, calls, fast)
     pairs = timestep_pairs(params.steps, params.rescale_t)
     n = len(pairs)
     x, pred_x0 = noise, None

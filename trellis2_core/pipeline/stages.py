@@ -8,6 +8,7 @@ PyTorch's global RNG.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Union
@@ -15,6 +16,7 @@ from typing import Callable, Mapping, Union
 import torch
 from torch import Tensor, nn
 
+from ..config import FastPathConfig
 from ..errors import InputError
 from ..loading.config import Normalization
 from ..mesh.types import Mesh, PbrVoxels
@@ -157,28 +159,41 @@ def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch
 
 
 def _sample(model: nn.Module, noise: Latent, cond: Tensor, params: SamplerParams, hooks: StageHooks, stage: str,
-            extra: Mapping[str, object] | None = None) -> SamplingRun:
-    cond = cond.to(_device(model))
+            extra: Mapping[str, object] | None = None, fast: FastPathConfig | None = None) -> SamplingRun:
+    device = _device(model)
+    cond = cond.to(device)
+    neg_cond: object = torch.zeros_like(cond)
+    cond_in: object = cond
     report = hooks.progress
 
     def on_step(i: int, n: int, _x: Latent, _x0: Latent) -> None:
         if report is not None:
             report(stage, i + 1, n)
 
-    res = sample_flow_euler(model, noise, cond, torch.zeros_like(cond), params, extra=extra, on_step=on_step,
-                            should_cancel=hooks.should_cancel, record_calls=hooks.record_calls, stage=stage)
+    if fast is not None and (fast.cache_cross_kv or fast.skip_uncond_cross_attn) and hasattr(model, "prepare_context"):
+        # the context is fixed for the whole stage: prepare K/V (or the zero-context constants) once
+        cond_in = model.prepare_context(cond, cache_kv=fast.cache_cross_kv)
+        if params.guidance_strength != 1:
+            neg_cond = model.prepare_context(neg_cond, cache_kv=fast.cache_cross_kv,
+                                             zero_const=fast.skip_uncond_cross_attn)
+    attn = fast.attention_context(device) if fast is not None else contextlib.nullcontext()
+    with attn:
+        res = sample_flow_euler(model, noise, cond_in, neg_cond, params, extra=extra, on_step=on_step,
+                                should_cancel=hooks.should_cancel, record_calls=hooks.record_calls, stage=stage,
+                                fast=fast)
     calls = tuple(res.calls) if res.calls is not None else None
     return SamplingRun(noise=noise, samples=res.samples, calls=calls)
 
 
 @torch.no_grad()
 def sample_structure(flow: nn.Module, decoder: nn.Module, cond: Tensor, params: SamplerParams, ss_res: int,
-                     generator: torch.Generator, hooks: StageHooks = StageHooks()) -> Structure:
+                     generator: torch.Generator, hooks: StageHooks = StageHooks(), *,
+                     fast: FastPathConfig | None = None) -> Structure:
     """SS noise ``[B, C, R, R, R]`` → sampled latent → decoder logits → occupied coords at ``ss_res`` (§5.1)."""
     batch = int(cond.shape[0])
     res = int(flow.resolution)
     noise = draw_noise((batch, int(flow.in_channels), res, res, res), generator, _device(flow))
-    run = _sample(flow, noise, cond, params, hooks, "sparse_structure")
+    run = _sample(flow, noise, cond, params, hooks, "sparse_structure", fast=fast)
     latent = run.samples
     logits = decoder(latent.to(_device(decoder)))
     coords = occupancy_to_coords(logits, ss_res)
@@ -188,11 +203,12 @@ def sample_structure(flow: nn.Module, decoder: nn.Module, cond: Tensor, params: 
 
 
 def _sample_slat(flow: nn.Module, cond: Tensor, coords: Tensor, params: SamplerParams, norm: Normalization,
-                 generator: torch.Generator, hooks: StageHooks, stage: str) -> tuple[SparseTensor, SamplingRun]:
+                 generator: torch.Generator, hooks: StageHooks, stage: str,
+                 fast: FastPathConfig | None = None) -> tuple[SparseTensor, SamplingRun]:
     device = _device(flow)
     noise = SparseTensor(draw_noise((int(coords.shape[0]), int(flow.in_channels)), generator, device),
                          coords.to(device))
-    run = _sample(flow, noise, cond, params, hooks, stage)
+    run = _sample(flow, noise, cond, params, hooks, stage, fast=fast)
     samples = run.samples
     assert isinstance(samples, SparseTensor)
     return samples.replace(norm.denormalize(samples.feats)), run  # §5.4
@@ -200,9 +216,10 @@ def _sample_slat(flow: nn.Module, cond: Tensor, coords: Tensor, params: SamplerP
 
 @torch.no_grad()
 def sample_shape(flow: nn.Module, cond: Tensor, coords: Tensor, params: SamplerParams, norm: Normalization,
-                 res: int, generator: torch.Generator, hooks: StageHooks = StageHooks()) -> ShapeLatent:
+                 res: int, generator: torch.Generator, hooks: StageHooks = StageHooks(), *,
+                 fast: FastPathConfig | None = None) -> ShapeLatent:
     """Shape noise ``[N, 32]`` on ``coords`` → sampled, denormalised shape SLat decoding at ``res`` (§1.2)."""
-    slat, run = _sample_slat(flow, cond, coords, params, norm, generator, hooks, "shape")
+    slat, run = _sample_slat(flow, cond, coords, params, norm, generator, hooks, "shape", fast)
     return ShapeLatent(slat=slat, res=res, runs={"shape": run})
 
 
@@ -210,19 +227,19 @@ def sample_shape(flow: nn.Module, cond: Tensor, coords: Tensor, params: SamplerP
 def sample_shape_cascade(flow_lr: nn.Module, flow_hr: nn.Module, shape_decoder: nn.Module, lr_cond: Tensor,
                          cond: Tensor, coords: Tensor, params: SamplerParams, norm: Normalization, resolution: int,
                          generator: torch.Generator, max_num_tokens: int = 49152,
-                         hooks: StageHooks = StageHooks()) -> ShapeLatent:
+                         hooks: StageHooks = StageHooks(), *, fast: FastPathConfig | None = None) -> ShapeLatent:
     """§1.3: LR sample on ``coords`` → decoder ``upsample`` → HR coords (resolution loop) → HR sample."""
-    lr_slat, lr_run = _sample_slat(flow_lr, lr_cond, coords, params, norm, generator, hooks, "shape_lr")
+    lr_slat, lr_run = _sample_slat(flow_lr, lr_cond, coords, params, norm, generator, hooks, "shape_lr", fast)
     up = shape_decoder.upsample(lr_slat.to(_device(shape_decoder)), upsample_times=4)  # [M, 4] at 512³
     hr_coords, hr_res = hr_coords_from_lr(up, LR_RESOLUTION, resolution, max_num_tokens)
-    slat, hr_run = _sample_slat(flow_hr, cond, hr_coords, params, norm, generator, hooks, "shape_hr")
+    slat, hr_run = _sample_slat(flow_hr, cond, hr_coords, params, norm, generator, hooks, "shape_hr", fast)
     return ShapeLatent(slat=slat, res=hr_res, runs={"shape_lr": lr_run, "shape_hr": hr_run}, upsample_coords=up)
 
 
 @torch.no_grad()
 def sample_material(flow: nn.Module, cond: Tensor, shape_slat: SparseTensor, params: SamplerParams,
                     shape_norm: Normalization, tex_norm: Normalization, generator: torch.Generator,
-                    hooks: StageHooks = StageHooks()) -> MaterialLatent:
+                    hooks: StageHooks = StageHooks(), *, fast: FastPathConfig | None = None) -> MaterialLatent:
     """Texture noise ``[N, in − 32]`` with the normalised shape SLat as ``concat_cond`` → denormalised tex SLat."""
     device = _device(flow)
     shape = shape_slat.to(device)
@@ -232,7 +249,7 @@ def sample_material(flow: nn.Module, cond: Tensor, shape_slat: SparseTensor, par
                          f"{shape.feats.shape[1]}")
     concat = shape.replace(shape_norm.normalize(shape.feats))  # §5.4
     noise = shape.replace(draw_noise((shape.num_voxels, channels), generator, device))
-    run = _sample(flow, noise, cond, params, hooks, "tex", extra={"concat_cond": concat})
+    run = _sample(flow, noise, cond, params, hooks, "tex", extra={"concat_cond": concat}, fast=fast)
     samples = run.samples
     assert isinstance(samples, SparseTensor)
     return MaterialLatent(slat=samples.replace(tex_norm.denormalize(samples.feats)), run=run)

@@ -1,8 +1,8 @@
 """Decoded mesh + PBR voxels → textured GLB, stage by stage (role of the official ``o_voxel.postprocess.to_glb``, §9).
 
-Stages: fill small holes (§8.2) → clean (degenerate/duplicate faces, tiny components, orientation) → decimate to
-``target_faces`` (§9.3) → clean again → UV unwrap (§9.4, our fast chart unwrapper) → vertex normals → bake the PBR
-textures from the voxels (§9.5) → write the GLB (§9.6). This is the official *no-remesh* branch (§9.2'); the
+Stages: fill small holes (§8.2) → clean (degenerate/duplicate faces, tiny components) → decimate to
+``target_faces`` (§9.3) → clean again and unify the face orientation (outwards) → UV unwrap (§9.4, our fast chart
+unwrapper) → vertex normals → bake the PBR textures from the voxels (§9.5) → write the GLB (§9.6). This is the official *no-remesh* branch (§9.2'); the
 narrow-band remesh of branch A is not implemented, so the default material is double-sided as in that branch.
 """
 from __future__ import annotations
@@ -143,7 +143,7 @@ def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, confi
         if progress is not None:
             progress.step(stage, stages.index(stage) + 1, len(stages))
             cancelled = getattr(progress, "cancelled", None)
-            if cancelled is not None and cancelled():
+            if stage != stages[-1] and cancelled is not None and cancelled():  # once written, the export stands
                 raise CancelledError(f"GLB export cancelled after stage {stage!r}")
 
     work = fill_holes(mesh, cfg.fill_holes_perimeter)

@@ -50,11 +50,11 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return target
 
 
-def _encode(array: Tensor, mode: str, texture_format: str, png_compress_level: int):
-    """A PIL image of ``array`` carrying its own encoded bytes (see :func:`_with_payload`)."""
+def _encode(array: Tensor, texture_format: str, png_compress_level: int):
+    """A PIL image of ``array`` ([H, W, 4] → RGBA, [H, W, 3] → RGB, uint8) carrying its own encoded bytes."""
     from PIL import Image
 
-    img = Image.fromarray(np.ascontiguousarray(array.detach().cpu().numpy()), mode=mode)
+    img = Image.fromarray(np.ascontiguousarray(array.detach().cpu().numpy()))
     buffer = io.BytesIO()
     if texture_format == "webp":
         img.save(buffer, format="WEBP", quality=80, method=4, alpha_quality=100)  # Pillow's defaults, as official
@@ -98,8 +98,8 @@ def _glb_bytes(vertices: Tensor, faces: Tensor, normals: Tensor, uvs: Tensor, ba
     uv = uvs.detach().to("cpu", torch.float64).numpy().copy()
     uv[:, 1] = 1.0 - uv[:, 1]  # trimesh writes 1 − v: net TEXCOORD_0 = raster (u, v)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = [pool.submit(_encode, base_color, "RGBA", texture_format, png_compress_level),
-                pool.submit(_encode, metallic_roughness, "RGB", texture_format, png_compress_level)]
+        jobs = [pool.submit(_encode, base_color, texture_format, png_compress_level),
+                pool.submit(_encode, metallic_roughness, texture_format, png_compress_level)]
         base_img, mr_img = (job.result() for job in jobs)
     material = PBRMaterial(
         baseColorTexture=base_img,
@@ -149,6 +149,13 @@ def write_glb(
         raise InputError(f"alpha_cutoff must be in [0, 1], got {alpha_cutoff!r}")
     if not 0 <= png_compress_level <= 9:
         raise InputError(f"png_compress_level must be in 0..9, got {png_compress_level!r}")
+    for name, image, channels in (("base_color", base_color, 4), ("metallic_roughness", metallic_roughness, 3)):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[2] != channels:
+            raise InputError(f"{name} must be a uint8 [H, W, {channels}] image, got {image.dtype} {list(image.shape)}")
+    n = vertices.shape[0]
+    if normals.shape != (n, 3) or uvs.shape != (n, 2):
+        raise InputError(f"normals [V, 3] and uvs [V, 2] must match the {n} vertices, got {list(normals.shape)} "
+                         f"and {list(uvs.shape)}")
     target = check_output_path(path)
     data = _glb_bytes(vertices, faces, normals, uvs, base_color, metallic_roughness, alpha_mode, alpha_cutoff,
                       double_sided, texture_format, png_compress_level)

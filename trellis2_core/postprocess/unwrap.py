@@ -126,12 +126,11 @@ def _chart_cells(local_px: Tensor, faces_uv: Tensor, chart: Tensor, num: int):
     cx, cy = x0[rep] + local % bw[rep], y0[rep] + local // bw[rep]
     hit = inside_triangle(tri[rep], cx.to(torch.float32) + 0.5, cy.to(torch.float32) + 0.5)
     hc, hx, hy = chart[rep][hit], cx[hit], cy[hit]
-    side = int(max(1, int(torch.cat((hx, hy)).max()) + 2 if hx.numel() else 1, int(local_px.max()) + 2))
-    hit_key = (hc * side + hx) * side + hy
-    keys, counts = torch.unique(hit_key, return_counts=True)
-    doubled = torch.zeros(num, dtype=torch.int64, device=device).index_add_(0, keys // (side * side), (counts > 1).long())
-    covered = torch.zeros(num, dtype=torch.int64, device=device).index_add_(0, keys // (side * side),
-                                                                            torch.ones_like(keys))
+    side = int(local_px.max()) + 2  # every cell index (hits and marks) is below this
+    keys, counts = torch.unique((hc * side + hx) * side + hy, return_counts=True)
+    owner = keys // (side * side)
+    doubled = torch.zeros(num, dtype=torch.int64, device=device).index_add_(0, owner, (counts > 1).long())
+    covered = torch.bincount(owner, minlength=num)
     overlap = doubled > torch.clamp(covered // 500, min=2)  # a few doubles come from centres exactly on edges
     # conservative extras: the cells of vertices and edge midpoints (slivers may cover no cell centre)
     marks = torch.cat((tri, 0.5 * (tri + tri.roll(1, dims=1))), dim=1).floor().to(torch.int64)  # [F, 6, 2]

@@ -1,0 +1,456 @@
+"""Full-size TRELLIS.2 pipeline benchmark with random weights: ``reference`` (official op mix) vs ``fast`` (ours).
+
+What runs: the official architectures at full size (spec §4.1, §5): five flow DiTs of 1.29 B parameters with the
+official dtype split (bf16 block linears, fp32 rest), the dense SS decoder and the shape/texture SC-VAE decoders
+(fp16 trunks). They are built on the meta device and materialised with random weights directly on ``--device``
+(no checkpoint files). Every stage uses the official schedule (§1.4: 12 steps; CFG 7.5 only inside the guidance
+interval ⇒ 22 / 21 / 21 / 12 DiT forwards at 1024_cascade) through the library's stage functions, then both
+decoders and the dual-grid mesher. Conditioning is random ``[1, 1029, 1024]`` / ``[1, 4101, 1024]`` tokens.
+
+Token counts: random weights would give garbage voxel sets, so every voxel set comes from one voxelised closed
+surface (a bumpy sphere, signed distance ``sdf``), independent of the networks' outputs:
+* the SS stage runs in full (flow + decoder) but its occupancy is replaced by the surface band at 32³ whose width is
+  fitted (bisection) to ``N_LR`` tokens (≈ 3 K for '512', ≈ 4 K for the cascades);
+* the cascade ``upsample`` runs the shape decoder's first four levels with *guided* subdivisions: a child voxel is
+  kept iff its centre is within a fitted band of the surface; the band is fitted so that the official quantisation
+  (``hr_coords_from_lr``) gives ``N_HR`` ≈ 20 K tokens at 1024 and ≈ 47 K (just under the 49 152 cap) at 1536;
+* both decoders run with the same kind of guided subdivision masks (``guide_subs``, the mechanism the texture
+  decoder always uses), fitted so that the finest level has the voxel counts of performance.md §1.2
+  (621 K at 512, 2.50 M at 1024, 5.62 M at 1536; the shape decoder's ``to_subdiv`` head is skipped, ~0.1 % of it).
+
+Modes (same process, same noise, same voxel sets): ``reference`` = eager, FlashAttention-2 kernels (SDPA flash
+backend, the official ``flash_attn`` class), nothing cached; ``eager`` = eager with PyTorch's default SDPA choice;
+``fast`` = every ``FastPathConfig`` switch; ``fast-<switch>[-<switch>]`` = fast with those switches off (ablation);
+``<mode>@<kernel>`` forces the attention kernel. Each (type, mode) first runs a short warm-up (2 steps per stage,
+one CFG and one plain step; full decoders) so that cuDNN plans, Triton kernels and ``torch.compile`` graphs are
+built, then the timed run. Final latents of every mode are compared with the first mode (cosine similarity).
+
+    python benchmarks/bench_pipeline.py --device cuda --types 512,1024_cascade,1536_cascade \\
+        --modes reference,fast --json pipeline.json
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from trellis2_core.config import FastPathConfig  # noqa: E402
+from trellis2_core.loading.config import Normalization  # noqa: E402
+from trellis2_core.models import model_class  # noqa: E402
+from trellis2_core.models.sparse_unet import SparseResBlockC2S3d  # noqa: E402
+from trellis2_core.models.texture_decoder import pbr_voxels  # noqa: E402
+from trellis2_core.pipeline.cascade import hr_coords_from_lr, quantize_coords  # noqa: E402
+from trellis2_core.pipeline.sampler import SamplerParams  # noqa: E402
+from trellis2_core.pipeline.stages import (  # noqa: E402
+    PipelineType, StageHooks, sample_material, sample_shape, sample_structure)
+from trellis2_core.sparse import SparseTensor, subdivide  # noqa: E402
+
+# ------------------------------------------------------------------------------------------------ configurations
+_DIT = dict(model_channels=1536, cond_channels=1024, num_blocks=30, num_heads=12, mlp_ratio=5.3334, pe_mode="rope",
+            share_mod=True, qk_rms_norm=True, qk_rms_norm_cross=True, dtype="bfloat16", initialization="scaled")
+_DIT_TINY = dict(_DIT, model_channels=64, cond_channels=32, num_blocks=2, num_heads=2)
+_FLOWS = {"ss": ("SparseStructureFlowModel", dict(resolution=16, in_channels=8, out_channels=8)),
+          "shape_512": ("ElasticSLatFlowModel", dict(resolution=32, in_channels=32, out_channels=32)),
+          "shape_1024": ("ElasticSLatFlowModel", dict(resolution=64, in_channels=32, out_channels=32)),
+          "tex_512": ("ElasticSLatFlowModel", dict(resolution=32, in_channels=64, out_channels=32)),
+          "tex_1024": ("ElasticSLatFlowModel", dict(resolution=64, in_channels=64, out_channels=32))}
+_SC = dict(model_channels=[1024, 512, 256, 128, 64], latent_channels=32, num_blocks=[4, 16, 8, 4, 0],
+           block_type=["SparseConvNeXtBlock3d"] * 5, up_block_type=["SparseResBlockC2S3d"] * 4, use_fp16=True)
+_SC_TINY = dict(_SC, model_channels=[64, 32, 16, 16, 8], num_blocks=[1, 1, 1, 1, 0])
+_SS_DEC = dict(out_channels=1, latent_channels=8, num_res_blocks=2, num_res_blocks_middle=2, channels=[512, 128, 32],
+               norm_type="layer", use_fp16=True)
+_SS_DEC_TINY = dict(_SS_DEC, num_res_blocks=1, num_res_blocks_middle=1, channels=[32, 16, 8])
+# §1.4 pipeline.json sampler defaults
+_SAMPLERS = {"ss": SamplerParams(12, 7.5, 0.7, (0.6, 1.0), 5.0), "shape": SamplerParams(12, 7.5, 0.5, (0.6, 1.0), 3.0),
+             "tex": SamplerParams(12, 1.0, 0.0, (0.6, 0.9), 3.0)}
+# token targets: (N_LR at 32³, N_HR, finest decoder level) per type; performance.md §1.2 / §1.4
+_TARGETS = {"512": (3_000, None, 621_000), "1024_cascade": (4_000, 20_000, 2_500_000),
+            "1536_cascade": (4_000, 47_000, 5_620_000)}
+_TARGETS_TINY = {"512": (300, None, 8_000), "1024_cascade": (400, 1_500, 30_000),
+                 "1536_cascade": (400, 3_000, 60_000)}
+_MAX_TOKENS = 49152
+
+
+@dataclasses.dataclass
+class Models:
+    flows: dict
+    ss_dec: torch.nn.Module
+    shape_dec: torch.nn.Module
+    tex_dec: torch.nn.Module
+    cond512: torch.Tensor
+    cond1024: torch.Tensor
+
+
+@torch.no_grad()
+def _randomise(model: torch.nn.Module, gen: torch.Generator) -> torch.nn.Module:
+    """Random weights in place: matrices N(0, 1/fan_in), norm scales 1, biases and vectors N(0, 0.02²)."""
+    for name, p in model.named_parameters():
+        if name.endswith("gamma") or (p.dim() == 1 and "norm" in name and name.endswith("weight")):
+            p.fill_(1.0)
+        elif p.dim() >= 2:
+            p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()), generator=gen)
+        else:
+            p.normal_(0.0, 0.02, generator=gen)
+    return model.eval()
+
+
+def _build(name: str, args: dict, device: torch.device, gen: torch.Generator) -> torch.nn.Module:
+    with torch.device("meta"):
+        model = model_class(name)(**args)
+    return _randomise(model.to_empty(device=device), gen)
+
+
+def build_models(device: torch.device, tiny: bool, keys: set[str]) -> Models:
+    gen = torch.Generator(device=device).manual_seed(1234)
+    dit = _DIT_TINY if tiny else _DIT
+    flows = {k: _build(cls, {**dit, **args}, device, gen) for k, (cls, args) in _FLOWS.items() if k in keys}
+    sc = _SC_TINY if tiny else _SC
+    ss_dec = _build("SparseStructureDecoder", _SS_DEC_TINY if tiny else _SS_DEC, device, gen)
+    with torch.no_grad():  # make sure the (ignored) SS occupancy is never empty
+        ss_dec.out_layer[2].bias.fill_(1.0)
+    shape_dec = _build("FlexiDualGridVaeDecoder", dict(sc, resolution=256), device, gen)
+    tex_dec = _build("SparseUnetVaeDecoder", dict(sc, out_channels=6, pred_subdiv=False), device, gen)
+    c = dit["cond_channels"]
+    cond512 = torch.randn(1, 1029, c, device=device, generator=gen)
+    cond1024 = torch.randn(1, 4101, c, device=device, generator=gen)
+    return Models(flows, ss_dec, shape_dec, tex_dec, cond512, cond1024)
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+def blob_sdf(p: torch.Tensor) -> torch.Tensor:
+    """Approximate signed distance of a bumpy sphere in the unit cube; ``p [K, 3]`` in [0, 1]."""
+    q = p - 0.5
+    bump = 1.0 + 0.08 * torch.sin(11.0 * q[:, 0]) * torch.sin(13.0 * q[:, 1] + 0.3) * torch.sin(9.0 * q[:, 2] + 1.1)
+    return q.norm(dim=1) - 0.40 * bump
+
+
+def band_grid(res: int, width: float, device: torch.device) -> torch.Tensor:
+    """``[N, 4]`` int32 coords (lexicographic) of the ``res``³ cells within ``width`` voxels of the surface."""
+    ax = torch.arange(res, device=device)
+    ijk = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), dim=-1).reshape(-1, 3)
+    keep = blob_sdf((ijk.float() + 0.5) / res).abs() <= width / res
+    ijk = ijk[keep]
+    return torch.cat([torch.zeros_like(ijk[:, :1]), ijk], dim=1).to(torch.int32)
+
+
+_SLOTS = [[s & 1, (s >> 1) & 1, (s >> 2) & 1] for s in range(8)]
+
+
+def subdivision_chain(coords: torch.Tensor, res: int, width: float, levels: int
+                      ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Masks ``[N_i, 8]`` keeping the children within ``width`` (child voxels) of the surface, and the last coords."""
+    masks = []
+    for _ in range(levels):
+        child = coords[:, None, 1:] * 2 + torch.tensor(_SLOTS, device=coords.device, dtype=coords.dtype)
+        d = blob_sdf((child.reshape(-1, 3).float() + 0.5) / (2 * res)).abs().view(-1, 8)
+        mask = d <= width / (2 * res)
+        masks.append(mask)
+        coords = subdivide(SparseTensor(coords.new_empty(coords.shape[0], 1), coords, validate=False), mask).coords
+        res *= 2
+    return masks, coords
+
+
+def fit_width(count, target: int, lo: float = 0.05, hi: float = 8.0, iters: int = 16) -> float:
+    """Smallest band width (bisection) whose voxel count reaches ``target``."""
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
+    return hi
+
+
+@dataclasses.dataclass
+class Geometry:
+    lr_coords: torch.Tensor
+    up_masks: list | None
+    hr_coords: torch.Tensor
+    hr_res: int
+    dec_masks: list
+    levels: list[int]
+
+
+def make_geometry(ptype: PipelineType, targets: tuple, device: torch.device) -> Geometry:
+    n_lr, n_hr, n_final = targets
+    w = fit_width(lambda x: band_grid(32, x, device).shape[0], n_lr)
+    lr = band_grid(32, w, device)
+    up_masks, hr, hr_res = None, lr, 512
+    if ptype.cascade:
+        def hr_count(x: float) -> int:
+            return quantize_coords(subdivision_chain(lr, 32, x, 4)[1], 512, ptype.resolution).shape[0]
+        w_up = fit_width(hr_count, n_hr)
+        up_masks, up = subdivision_chain(lr, 32, w_up, 4)
+        hr, hr_res = hr_coords_from_lr(up, 512, ptype.resolution, _MAX_TOKENS)
+    r0 = hr_res // 16
+    w_dec = fit_width(lambda x: subdivision_chain(hr, r0, x, 4)[1].shape[0], n_final)
+    dec_masks, final = subdivision_chain(hr, r0, w_dec, 4)
+    levels = [hr.shape[0]] + [int(m.sum()) for m in dec_masks]
+    return Geometry(lr, up_masks, hr, hr_res, [m.float() * 2 - 1 for m in dec_masks], levels)
+
+
+@torch.no_grad()
+def guided_upsample(decoder: torch.nn.Module, latent: SparseTensor, masks: list[torch.Tensor]) -> torch.Tensor:
+    """The decoder's ``upsample(latent, 4)`` with given subdivisions (same work: 3 full levels + the 4th split)."""
+    h = decoder._embed(latent)
+    for i in range(4):
+        for block in decoder.blocks[i]:
+            if isinstance(block, SparseResBlockC2S3d):
+                if i == 3:
+                    return block.subdivision(h, masks[i].float() * 2 - 1)[0].coords
+                h, _ = block(h, masks[i].float() * 2 - 1)
+            else:
+                h = block(h)
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------------ one run
+class Timer:
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.ms = device, {}
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.sync()
+        t0 = time.perf_counter()
+        yield
+        self.sync()
+        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+
+
+@torch.no_grad()
+def run_pipeline(m: Models, geo: Geometry, ptype: PipelineType, fast: FastPathConfig, device: torch.device,
+                 warmup: bool, seed: int = 42) -> dict:
+    """All stages once; returns per-stage ms, DiT forwards per stage and the final latents."""
+    sp = {k: dataclasses.replace(v, steps=2, rescale_t=1.0) if warmup else v for k, v in _SAMPLERS.items()}
+    norm = Normalization((0.0,) * 32, (1.0,) * 32)
+    hooks, gen, timer, fwd = StageHooks(record_calls=True), torch.Generator().manual_seed(seed), Timer(device), {}
+    with timer("structure"):
+        st = sample_structure(m.flows["ss"], m.ss_dec, m.cond512, sp["ss"], ptype.ss_res, gen, hooks, fast=fast)
+    fwd["structure"] = len(st.run.calls)
+    latents = {"ss": st.latent.float()}
+    if ptype.cascade:
+        with timer("shape_lr"):
+            lr = sample_shape(m.flows["shape_512"], m.cond512, geo.lr_coords, sp["shape"], norm, 512, gen, hooks,
+                              fast=fast)
+        with timer("upsample"):
+            up = guided_upsample(m.shape_dec, lr.slat, geo.up_masks)
+            hr, hr_res = hr_coords_from_lr(up, 512, ptype.resolution, _MAX_TOKENS)
+        with timer("shape_hr"):
+            shape = sample_shape(m.flows["shape_1024"], m.cond1024, hr, sp["shape"], norm, hr_res, gen, hooks,
+                                 fast=fast)
+        fwd["shape_lr"], fwd["shape_hr"] = len(lr.runs["shape"].calls), len(shape.runs["shape"].calls)
+        latents["shape_lr"] = lr.slat.feats
+        tex_flow, cond = m.flows["tex_1024"], m.cond1024
+    else:
+        with timer("shape"):
+            shape = sample_shape(m.flows["shape_512"], m.cond512, geo.lr_coords, sp["shape"], norm, 512, gen, hooks,
+                                 fast=fast)
+        fwd["shape"] = len(shape.runs["shape"].calls)
+        tex_flow, cond = m.flows["tex_512"], m.cond512
+    with timer("texture"):
+        mat = sample_material(tex_flow, cond, shape.slat, sp["tex"], norm, norm, gen, hooks, fast=fast)
+    fwd["texture"] = len(mat.run.calls)
+    latents.update(shape=shape.slat.feats, tex=mat.slat.feats)
+    with timer("shape_decoder"):
+        raw, _ = m.shape_dec.forward_with_subs(shape.slat, guide_subs=geo.dec_masks)
+    with timer("tex_decoder"):
+        tex_raw = m.tex_dec(mat.slat, guide_subs=geo.dec_masks)
+    with timer("mesh"):
+        meshes = m.shape_dec.meshes_from_raw(raw, shape.res)
+        pbr_voxels(tex_raw, shape.res)
+    return {"stages_ms": timer.ms, "forwards": fwd, "latents": latents, "n_hr": int(shape.slat.num_voxels),
+            "hr_res": int(shape.res), "voxels_out": int(raw.num_voxels), "faces": int(meshes[0].faces.shape[0])}
+
+
+def parse_mode(name: str) -> FastPathConfig:
+    base, _, kernel = name.partition("@")
+    head, *off = base.split("-")
+    cfg = {"reference": FastPathConfig.reference(), "eager": FastPathConfig(), "fast": FastPathConfig.fast()}[head]
+    fields = {f.name for f in dataclasses.fields(FastPathConfig)}
+    for switch in off:
+        if switch not in fields:
+            raise ValueError(f"mode {name!r}: unknown switch {switch!r}; switches: {', '.join(sorted(fields))}")
+        cfg = dataclasses.replace(cfg, **{switch: False})
+    return dataclasses.replace(cfg, attention_kernel=kernel) if kernel else cfg
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
+
+
+def bench_type(m: Models, tname: str, modes: list[str], device: torch.device, tiny: bool, log) -> dict:
+    ptype = PipelineType.parse(tname)
+    t0 = time.perf_counter()
+    geo = make_geometry(ptype, (_TARGETS_TINY if tiny else _TARGETS)[tname], device)
+    out = {"tokens": {"N_LR": int(geo.lr_coords.shape[0]), "N_HR": int(geo.hr_coords.shape[0]), "hr_res": geo.hr_res,
+                      "decoder_levels": geo.levels}, "geometry_s": time.perf_counter() - t0, "modes": {}}
+    log(f"[{tname}] tokens {out['tokens']} (geometry {out['geometry_s']:.1f} s)")
+    first = None
+    for mode in modes:
+        rec: dict = {"config": dataclasses.asdict(parse_mode(mode))}
+        try:
+            fast = parse_mode(mode)
+            tw = time.perf_counter()
+            run_pipeline(m, geo, ptype, fast, device, warmup=True)
+            rec["warmup_s"] = time.perf_counter() - tw
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            res = run_pipeline(m, geo, ptype, fast, device, warmup=False)
+            rec.update({k: v for k, v in res.items() if k != "latents"})
+            rec["total_ms"] = sum(v for k, v in res["stages_ms"].items() if k != "mesh")
+            rec["total_with_mesh_ms"] = sum(res["stages_ms"].values())
+            if device.type == "cuda":
+                rec["peak_vram_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+            if first is None:
+                first = (mode, res["latents"])
+            rec["cosine_vs"] = first[0]
+            rec["cosine"] = {k: _cos(v, first[1][k]) for k, v in res["latents"].items()}
+            log(f"[{tname}] {mode}: total {rec['total_ms']:.0f} ms, stages "
+                + ", ".join(f"{k} {v:.0f}" for k, v in res["stages_ms"].items())
+                + f"; warm-up {rec['warmup_s']:.1f} s; cos " + ", ".join(f"{k} {v:.5f}" for k, v in rec["cosine"].items()))
+        except Exception as err:  # keep going: one failing mode must not lose the other numbers
+            rec["error"] = f"{type(err).__name__}: {err}"
+            log(f"[{tname}] {mode}: FAILED {rec['error']}\n{traceback.format_exc()}")
+        out["modes"][mode] = rec
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ attention kernels
+def bench_attention(device: torch.device, log) -> dict:
+    """SDPA kernels on the DiT shapes (B=1, 12 heads × 128, bf16): median ms and TFLOP/s per kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernels = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    shapes = {"self_4096": (1, 4096, 4096), "self_20000": (1, 20000, 20000), "self_49152": (1, 49152, 49152),
+              "cross_20000x4101": (1, 20000, 4101), "cross_4096x1029": (1, 4096, 1029),
+              "self_4096_b2": (2, 4096, 4096), "cross_4096x1029_b2": (2, 4096, 1029)}
+    out = {}
+    for sname, (b, nq, nk) in shapes.items():
+        q = torch.randn(b, 12, nq, 128, device=device, dtype=torch.bfloat16)
+        k, v = (torch.randn(b, 12, nk, 128, device=device, dtype=torch.bfloat16) for _ in range(2))
+        row = {}
+        for kname, backend in kernels.items():
+            try:
+                with sdpa_kernel([backend]):
+                    ms = _time_cuda(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+                row[kname] = {"ms": ms, "tflops": 4 * b * 12 * nq * nk * 128 / ms / 1e9}
+            except RuntimeError as err:
+                row[kname] = {"error": str(err).splitlines()[0]}
+        out[sname] = row
+        log(f"[attention] {sname}: " + ", ".join(
+            f"{k} {r['ms']:.3f} ms ({r['tflops']:.0f} TF/s)" if "ms" in r else f"{k} n/a" for k, r in row.items()))
+    return out
+
+
+def _time_cuda(fn, reps: int = 10) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+# ------------------------------------------------------------------------------------------------ report
+def table(results: dict) -> str:
+    lines = []
+    for tname, tr in results["types"].items():
+        modes = [m for m, r in tr["modes"].items() if "error" not in r]
+        lines.append(f"\n{tname}: N_LR {tr['tokens']['N_LR']}, N_HR {tr['tokens']['N_HR']} (res {tr['tokens']['hr_res']}),"
+                     f" decoder levels {tr['tokens']['decoder_levels']}")
+        if not modes:
+            lines.append("  (every mode failed)")
+            continue
+        stages = list(tr["modes"][modes[0]]["stages_ms"])
+        lines.append("| stage | " + " | ".join(f"{m} ms" for m in modes) + " | " +
+                     " | ".join(f"{m}/{modes[0]}" for m in modes[1:]) + " |")
+        lines.append("|---" * (1 + 2 * len(modes) - 1) + "|")
+        rows = [(s, [tr["modes"][m]["stages_ms"].get(s, float("nan")) for m in modes]) for s in stages]
+        rows += [("**total (sampling + decoders)**", [tr["modes"][m]["total_ms"] for m in modes]),
+                 ("total incl. mesh", [tr["modes"][m]["total_with_mesh_ms"] for m in modes])]
+        for s, vals in rows:
+            ratios = [f"{v / vals[0]:.2f}" if vals[0] else "-" for v in vals[1:]]
+            lines.append(f"| {s} | " + " | ".join(f"{v:.0f}" for v in vals) + " | " + " | ".join(ratios) + " |")
+        peaks = [tr["modes"][m].get("peak_vram_gb") for m in modes]
+        if all(p is not None for p in peaks):
+            lines.append("| peak VRAM GB | " + " | ".join(f"{p:.1f}" for p in peaks) + " |" + " |" * (len(modes) - 1))
+        for m in modes[1:]:
+            cos = tr["modes"][m]["cosine"]
+            lines.append(f"  cosine {m} vs {modes[0]}: " + ", ".join(f"{k} {v:.5f}" for k, v in cos.items()))
+        for m, r in tr["modes"].items():
+            if "error" in r:
+                lines.append(f"  {m}: FAILED {r['error']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--types", default="512,1024_cascade,1536_cascade")
+    ap.add_argument("--modes", default="reference,fast")
+    ap.add_argument("--json", default=None, help="write results here (rewritten after every type)")
+    ap.add_argument("--tiny", action="store_true", help="tiny widths and token counts (CPU smoke test)")
+    ap.add_argument("--attention", action="store_true", help="also time the SDPA kernels on DiT shapes (CUDA)")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    types, modes = args.types.split(","), args.modes.split(",")
+    for mode in modes:
+        parse_mode(mode)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    import importlib.util
+    env = {"torch": torch.__version__, "device": str(device), "tiny": args.tiny, "argv": sys.argv[1:],
+           "triton": __import__("triton").__version__ if importlib.util.find_spec("triton") else None}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cudnn"] = torch.backends.cudnn.version()
+    results = {"env": env, "types": {}}
+    keys = {"ss"} | ({"shape_512", "tex_512"} if "512" in types else set()) | (
+        {"shape_512", "shape_1024", "tex_1024"} if any(t.endswith("_cascade") for t in types) else set())
+    t0 = time.perf_counter()
+    models = build_models(device, args.tiny, keys)
+    results["build_s"] = time.perf_counter() - t0
+    log(f"built {sorted(keys)} + decoders in {results['build_s']:.1f} s; env {env}")
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+
+    if args.attention and device.type == "cuda":
+        results["attention"] = bench_attention(device, log)
+        save()
+    for tname in types:
+        results["types"][tname] = bench_type(models, tname, modes, device, args.tiny, log)
+        save()
+    log(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Decode Mesh node: shape (+ material) latent → meshes with PBR voxels, and ComfyUI's core ``MESH`` (§1.1 5–6)."""
+from __future__ import annotations
+
+import torch
+
+from trellis2_core.errors import InputError
+from trellis2_core.mesh.types import z_up_to_y_up
+from trellis2_core.pipeline.stages import decode
+
+from . import comfy_bridge as bridge
+from .runtime import PipelineHandle, StageProgress, comfy_errors
+from .types import CATEGORY, CORE_MESH, MATERIAL, MESH_ASSET, PIPELINE, SHAPE, MaterialAsset, MeshAsset, ShapeAsset
+
+__all__ = ["Trellis2DecodeMesh", "to_core_mesh"]
+
+
+def to_core_mesh(items: tuple[MeshAsset, ...]) -> object:
+    """Core ``MESH`` (glTF Y-up) of a batch; unequal sizes are zero-padded (padding faces are degenerate)."""
+    nv = max(a.mesh.num_vertices for a in items)
+    nf = max(a.mesh.num_faces for a in items)
+    vertices = torch.zeros(len(items), nv, 3, dtype=torch.float32)
+    faces = torch.zeros(len(items), nf, 3, dtype=torch.int64)
+    for i, a in enumerate(items):
+        vertices[i, : a.mesh.num_vertices] = z_up_to_y_up(a.mesh.vertices.detach().float().cpu())
+        faces[i, : a.mesh.num_faces] = a.mesh.faces.detach().cpu().long()
+    return bridge.core_mesh(vertices, faces)
+
+
+def _same_voxels(material: MaterialAsset, shape: ShapeAsset) -> bool:
+    if material.shape is shape:
+        return True
+    a, b = material.material.slat.coords, shape.shape.slat.coords
+    return a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))
+
+
+class Trellis2DecodeMesh:
+    """Decode the latents into a triangle mesh and a volume of PBR voxels (textures are baked at export)."""
+
+    DESCRIPTION = ("Decodes the shape latent into a mesh (flexible dual grid) and, with a material latent, the "
+                   "PBR voxels the textures are baked from. Also outputs ComfyUI's MESH (geometry only).")
+    CATEGORY = CATEGORY
+    FUNCTION = "decode"
+    RETURN_TYPES = (MESH_ASSET, CORE_MESH)
+    RETURN_NAMES = ("mesh", "core_mesh")
+    OUTPUT_TOOLTIPS = (
+        "Mesh + PBR voxels (Z-up, inside a unit cube): connect to the mesh nodes or Export GLB.",
+        "ComfyUI's MESH (Y-up, geometry only, before hole filling) for core 3D nodes such as Save GLB.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE, {"tooltip": "From Load TRELLIS.2 Model."}),
+                "shape": (SHAPE, {"tooltip": "From Sample Shape."}),
+            },
+            "optional": {
+                "material": (MATERIAL, {"tooltip": "From Sample Material (computed from the same shape). Without "
+                                                   "it only the geometry is decoded and nothing can be baked."}),
+            },
+        }
+
+    def decode(self, pipeline: PipelineHandle, shape: ShapeAsset, material: MaterialAsset | None = None
+               ) -> tuple[tuple[MeshAsset, ...], object]:
+        if material is not None and not _same_voxels(material, shape):
+            raise InputError("the material latent was sampled from another shape latent; connect the Sample "
+                             "Material node that uses this shape")
+        keys = ("shape_slat_decoder",) + (("tex_slat_decoder",) if material is not None else ())
+        progress = StageProgress(1)
+        with comfy_errors(), pipeline.models_for(keys):
+            get = pipeline.pipeline.models
+            decoded = decode(get(keys[0]), get(keys[1]) if material is not None else None, shape.shape.slat,
+                             material.material.slat if material is not None else None, shape.shape.res)
+        progress.advance()
+        if not decoded.meshes:
+            raise InputError("decoding produced no mesh")
+        pbr = decoded.pbr if decoded.pbr else [None] * len(decoded.meshes)
+        items = tuple(MeshAsset(mesh=m, pbr=p, resolution=decoded.res) for m, p in zip(decoded.meshes, pbr))
+        for i, item in enumerate(items):
+            if item.mesh.num_faces == 0:
+                raise InputError(f"the decoded mesh {i} has no faces; try another seed or a higher resolution")
+        return items, to_core_mesh(items)

@@ -1,0 +1,102 @@
+"""Image to 3D node: the whole pipeline in one node for beginners (``trellis2_core.api.image_to_glb``)."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from trellis2_core.api import image_to_glb
+from trellis2_core.pipeline.stages import PipelineType
+from trellis2_core.postprocess import fill_holes
+from trellis2_core.preprocess.background import DEFAULT_MATTING_MODEL, load_matting_model, needs_matting
+
+from . import comfy_bridge as bridge
+from .export import UI_KEY, export_config, export_inputs
+from .images import batch_size, mask_at, to_pil
+from .paths import DEFAULT_PREFIX, next_output_path
+from .runtime import PipelineHandle, StageProgress, comfy_errors
+from .sample import PIPELINE_TYPES, SEED_MAX
+from .types import CATEGORY, IMAGE, MASK, MESH_ASSET, PIPELINE, STRING, MeshAsset
+
+__all__ = ["Trellis2ImageTo3D"]
+
+_EXPORT_UNITS = 6  # export_glb steps
+
+
+def _stage_keys(ptype: PipelineType) -> tuple[str, ...]:
+    shape = (("shape_slat_flow_model_512", "shape_slat_flow_model_1024") if ptype.cascade else (ptype.shape_model,))
+    return ("sparse_structure_flow_model", "sparse_structure_decoder", *shape, ptype.tex_model,
+            "shape_slat_decoder", "tex_slat_decoder")
+
+
+class Trellis2ImageTo3D:
+    """One image in, one textured GLB out, with the official settings; the preview shows the result."""
+
+    DESCRIPTION = ("Runs everything with the official settings: background handling, DINOv3, structure, shape, "
+                   "material, decoding and GLB export to output/<prefix>_00001_.glb, then previews it.")
+    CATEGORY = CATEGORY
+    FUNCTION = "generate"
+    OUTPUT_NODE = True
+    RETURN_TYPES = (STRING, MESH_ASSET)
+    RETURN_NAMES = ("glb_path", "mesh")
+    OUTPUT_TOOLTIPS = (
+        "Path of the (first) GLB relative to ComfyUI's output folder.",
+        "The decoded mesh + PBR voxels (holes filled), e.g. to export again with other settings.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE, {"tooltip": "From Load TRELLIS.2 Model."}),
+                "image": (IMAGE, {"tooltip": "The object image. Without transparency and without a mask a matting "
+                                             "model removes the background (downloads ZhengPeng7/BiRefNet once)."}),
+                "seed": ("INT", {"default": 42, "min": 0, "max": SEED_MAX, "control_after_generate": True,
+                                 "tooltip": "Random seed (official default 42)."}),
+                "resolution": (list(PIPELINE_TYPES), {
+                    "default": "1024_cascade",
+                    "tooltip": "512 (fastest), 1024, 1024_cascade (official default) or 1536_cascade (most detail, "
+                               "slowest)."}),
+                "steps": ("INT", {"default": 12, "min": 1, "max": 200,
+                                  "tooltip": "Sampler steps of every stage (official 12)."}),
+                "filename_prefix": (STRING, {"default": DEFAULT_PREFIX,
+                                             "tooltip": "File name under ComfyUI's output folder ('/' makes "
+                                                        "subfolders; '..' and absolute paths stay inside output/)."}),
+                **export_inputs(),
+            },
+            "optional": {
+                "mask": (MASK, {"tooltip": "Object mask, 1 = object (e.g. from Remove Background); replaces "
+                                           "background removal."}),
+            },
+        }
+
+    def generate(self, pipeline: PipelineHandle, image: Tensor, seed: int, resolution: str, steps: int,
+                 filename_prefix: str, texture_size: int, target_faces: int, alpha_mode: str, double_sided: bool,
+                 texture_format: str, mask: Tensor | None = None) -> dict[str, Any]:
+        ptype = PipelineType.parse(resolution)
+        cfg = export_config(texture_size, target_faces, alpha_mode, double_sided, texture_format)
+        n = batch_size(image)
+        per_item = 3 + int(steps) * (4 if ptype.cascade else 3) + 1 + _EXPORT_UNITS
+        progress = StageProgress(per_item * n)
+        entries, items = [], []
+        with comfy_errors(), pipeline.models_for(_stage_keys(ptype)):
+            for i in range(n):
+                pil = to_pil(image, i)
+                item_mask = mask_at(mask, i)
+                np_mask = None if item_mask is None else item_mask.numpy()
+                matting = None
+                if needs_matting(pil, "auto", np_mask):
+                    matting = pipeline.extra_model(f"matting:{DEFAULT_MATTING_MODEL}", lambda: load_matting_model(
+                        DEFAULT_MATTING_MODEL, device=pipeline.device, models_dir=bridge.models_dir()))
+                target = next_output_path(bridge.output_dir(), filename_prefix, "glb")
+                result = image_to_glb(pil, target.path, pipeline=pipeline.pipeline, pipeline_type=ptype.name,
+                                      seed=int(seed), steps=int(steps), export=cfg, background="auto",
+                                      mask=np_mask, matting_model=matting, progress=progress)
+                entries.append({"filename": target.name, "subfolder": target.subfolder, "type": "output",
+                                "faces": result.export.faces, "vertices": result.export.vertices})
+                decoded = result.pipeline.decoded
+                items.append(MeshAsset(mesh=fill_holes(decoded.meshes[0]), pbr=decoded.pbr[0],
+                                       resolution=decoded.res))
+        first = entries[0]
+        path = f"{first['subfolder']}/{first['filename']}" if first["subfolder"] else first["filename"]
+        return {"ui": {UI_KEY: entries}, "result": (path, tuple(items))}

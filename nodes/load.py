@@ -1,0 +1,124 @@
+"""Load TRELLIS.2 model node: pipeline folder / local path / Hugging Face id → ``TRELLIS2_PIPELINE`` (spec §4.1)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trellis2_core.errors import BackendError, WeightsError
+from trellis2_core.loading import PIPELINE_JSON, resolve_pipeline_dir
+from trellis2_core.pipeline.pipeline import Pipeline
+
+from . import comfy_bridge as bridge
+from .runtime import VRAM_PRESETS, PipelineHandle, resolve_preset
+from .types import CATEGORY, PIPELINE
+
+__all__ = ["Trellis2LoadModel", "DEFAULT_SOURCE", "list_sources"]
+
+DEFAULT_SOURCE = "microsoft/TRELLIS.2-4B"
+PRECISIONS = ("auto", "bfloat16", "float16", "float32")
+DEVICES = ("auto", "cuda", "cpu", "mps")
+ATTENTION = ("auto",)  # the library picks SDPA / flash-attn itself; explicit choices come with RuntimeConfig
+
+
+def list_sources() -> list[str]:
+    """The official Hub id plus every folder with a ``pipeline.json`` under ``models/trellis2``."""
+    names = [DEFAULT_SOURCE]
+    for folder in bridge.trellis2_dirs():
+        if not folder.is_dir():
+            continue
+        for sub in sorted(folder.iterdir()):
+            if (sub / PIPELINE_JSON).is_file() and sub.name not in names:
+                names.append(sub.name)
+    return names
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "auto":
+        return bridge.torch_device()
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise BackendError("device 'cuda' was chosen but PyTorch sees no CUDA/ROCm GPU; choose 'auto' or 'cpu'")
+    if choice == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BackendError("device 'mps' was chosen but this PyTorch has no Apple MPS support; choose 'auto'")
+    return torch.device(choice)
+
+
+def _dtype(precision: str, device: torch.device) -> str | None:
+    """``auto``: the checkpoints' own precision on a GPU, float32 on the CPU (no fast bf16/fp16 there)."""
+    if precision == "auto":
+        return "float32" if device.type == "cpu" else None
+    return precision
+
+
+class Trellis2LoadModel:
+    """Find a TRELLIS.2 pipeline and prepare it; the models themselves load lazily, stage by stage."""
+
+    DESCRIPTION = ("Finds a TRELLIS.2 pipeline (pipeline.json + ckpts/) and sets up lazy, per-stage model loading. "
+                   "Put pipeline folders in ComfyUI/models/trellis2/<name>; Hub ids download on first use.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    OUTPUT_TOOLTIPS = ("The TRELLIS.2 pipeline: connect it to Encode Image, the samplers and Decode Mesh.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "source": (list_sources(), {
+                    "default": DEFAULT_SOURCE,
+                    "tooltip": "Pipeline folder under ComfyUI/models/trellis2/, or the Hugging Face id. For "
+                               "'microsoft/TRELLIS.2-4B' a folder models/trellis2/TRELLIS.2-4B is used when present "
+                               "(offline); otherwise the files download into the Hugging Face cache."}),
+                "precision": (list(PRECISIONS), {
+                    "default": "auto",
+                    "tooltip": "Weight/compute precision of the transformers and decoders. auto = the checkpoints' "
+                               "own (bfloat16/float16) on a GPU, float32 on the CPU."}),
+                "attention_backend": (list(ATTENTION), {
+                    "default": "auto",
+                    "tooltip": "Attention kernel. auto = PyTorch SDPA (flash/cuDNN on CUDA), flash-attn for ragged "
+                               "batches when installed."}),
+                "vram_preset": (list(VRAM_PRESETS), {
+                    "default": "auto",
+                    "tooltip": "How long models stay loaded. high: all stay (fastest re-runs, ~24 GB). medium: "
+                               "the flow transformers are freed after their stage. low: every model is freed "
+                               "after its stage and ComfyUI unloads its own models first. auto picks by GPU memory."}),
+                "device": (list(DEVICES), {
+                    "default": "auto",
+                    "tooltip": "Where the models run. auto = ComfyUI's device (honours --cpu / --cuda-device)."}),
+            },
+            "optional": {
+                "custom_source": ("STRING", {
+                    "default": "",
+                    "tooltip": "Overrides 'source' when not empty: a folder path holding pipeline.json, a folder "
+                               "name under models/trellis2, or a Hugging Face id (owner/name)."}),
+            },
+        }
+
+    def load(self, source: str, precision: str, attention_backend: str, vram_preset: str, device: str,
+             custom_source: str = "") -> tuple[PipelineHandle]:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if attention_backend not in ATTENTION:
+            raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION)}, got {attention_backend!r}")
+        src = custom_source.strip() or source
+        dev = _device(device)
+        models = bridge.models_dir()
+        try:
+            root = _resolve(src, models)
+        except WeightsError as err:
+            raise WeightsError(f"{err} (ComfyUI model folders searched: "
+                               f"{', '.join(str(d) for d in bridge.trellis2_dirs())})") from err
+        pipeline = Pipeline.from_pretrained(root, models_dir=models, device=dev, dtype_override=_dtype(precision, dev))
+        handle = PipelineHandle(pipeline=pipeline, source=src, root=root, device=dev,
+                                vram_preset=resolve_preset(vram_preset, dev))
+        return (handle,)
+
+
+def _resolve(source: str, models: Path) -> Path:
+    """``source`` as a folder, as a name in any ComfyUI trellis2 folder (extra_model_paths too), or a Hub id."""
+    for folder in bridge.trellis2_dirs():
+        for cand in (folder / source, folder / source.rstrip("/").split("/")[-1]):
+            if (cand / PIPELINE_JSON).is_file():
+                return cand
+    return resolve_pipeline_dir(source, models_dir=models)

@@ -1,0 +1,180 @@
+"""What the nodes share: the loaded-pipeline handle with its VRAM preset, and progress/cancel plumbing.
+
+The VRAM preset decides how long models stay loaded (the library's :class:`~trellis2_core.loading.ModelStore`
+loads each one lazily on first use):
+
+* ``high``: every model stays loaded after its stage (fastest re-runs; ~24 GB for the 4B pipeline on a GPU).
+* ``medium``: the large flow transformers are released after their stage; DINOv3 and the decoders stay.
+* ``low``: every model, DINOv3 included, is released right after its stage.
+
+Before a stage loads models on a GPU under ``medium``/``low``, ComfyUI's model management is asked to free that
+much memory (it unloads its own models, e.g. an SDXL checkpoint), and after releasing, the allocator cache is
+emptied. CPU offloading of single models inside a stage is not done yet (a later issue).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from trellis2_core.errors import CancelledError, WeightsError
+from trellis2_core.loading import resolve_model_files
+from trellis2_core.pipeline.pipeline import Pipeline
+from trellis2_core.pipeline.stages import StageHooks
+
+from . import comfy_bridge as bridge
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VRAM_PRESETS", "FLOW_KEYS", "PipelineHandle", "resolve_preset", "StageProgress", "comfy_errors"]
+
+VRAM_PRESETS = ("auto", "high", "medium", "low")
+#: the pipeline.json model keys of the large flow transformers (§4.1)
+FLOW_KEYS = frozenset({
+    "sparse_structure_flow_model", "shape_slat_flow_model_512", "shape_slat_flow_model_1024",
+    "tex_slat_flow_model_512", "tex_slat_flow_model_1024",
+})
+_GIB = 1 << 30
+
+
+def resolve_preset(preset: str, device: torch.device) -> str:
+    """``auto`` → ``high`` on CPU/MPS or GPUs with ≥ 32 GiB, ``medium`` from 16 GiB, else ``low``."""
+    if preset not in VRAM_PRESETS:
+        raise ValueError(f"vram_preset must be one of {', '.join(VRAM_PRESETS)}, got {preset!r}")
+    if preset != "auto":
+        return preset
+    if device.type != "cuda":
+        return "high"
+    total = bridge.total_memory(device)
+    return "high" if total >= 32 * _GIB else "medium" if total >= 16 * _GIB else "low"
+
+
+@dataclass(frozen=True)
+class PipelineHandle:
+    """What travels on a ``TRELLIS2_PIPELINE`` socket: the pipeline, where it runs and its residency policy."""
+
+    pipeline: Pipeline
+    source: str
+    root: Path
+    device: torch.device
+    vram_preset: str  # resolved: high / medium / low
+    _extras: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # e.g. matting models
+
+    @property
+    def config(self):
+        return self.pipeline.config
+
+    def conditioner(self) -> Pipeline:
+        """The pipeline to run DINOv3 with; under ``low`` a throw-away one, so DINOv3 is freed with it."""
+        if self.vram_preset == "low":
+            return Pipeline(self.pipeline.config, self.pipeline.models, models_dir=self.pipeline.models_dir)
+        return self.pipeline
+
+    def extra_model(self, key: str, load: Callable[[], Any]) -> Any:
+        """A helper model (e.g. background matting) kept with the pipeline unless the preset is ``low``."""
+        if self.vram_preset == "low":
+            return load()
+        if key not in self._extras:
+            self._extras[key] = load()
+        return self._extras[key]
+
+    def _estimate_bytes(self, keys: Iterable[str]) -> int:
+        total = 0
+        for key in keys:
+            try:
+                _, st = resolve_model_files(self.config.root, self.config.model_ref(key), offline=True)
+                total += st.stat().st_size
+            except (WeightsError, OSError):
+                continue  # not downloaded yet: the loader will fetch it and report problems itself
+        return int(total * 1.25)  # + activations, roughly
+
+    @contextlib.contextmanager
+    def models_for(self, keys: Iterable[str]) -> Iterator[None]:
+        """Around one stage that uses pipeline models ``keys``: make room before, release after (per preset)."""
+        keys = tuple(keys)
+        if self.vram_preset in ("medium", "low") and self.device.type != "cpu":
+            bridge.free_memory(self._estimate_bytes(keys), self.device)
+        try:
+            yield
+        finally:
+            if self.vram_preset == "low":
+                drop = keys
+            elif self.vram_preset == "medium":
+                drop = tuple(k for k in keys if k in FLOW_KEYS)
+            else:
+                drop = ()
+            released = [k for k in drop if self.pipeline.models.release(k)]
+            if released:
+                log.debug("VRAM preset %s: released %s", self.vram_preset, ", ".join(released))
+                bridge.empty_cache()
+
+
+class StageProgress:
+    """Adapts library progress ``(stage, i, n)`` to one ComfyUI progress bar spanning several stages.
+
+    Also serves as the ``progress`` object of :func:`trellis2_core.postprocess.export_glb` (``step`` +
+    ``cancelled``) and builds :class:`StageHooks` whose ``should_cancel`` polls ComfyUI's Cancel button.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = max(int(total), 1)
+        self.bar = bridge.progress_bar(self.total)
+        self._stage: str | None = None
+        self._base = 0
+        self._last_n = 0
+
+    def step(self, stage: str, i: int, n: int) -> None:
+        """Step ``i`` of ``n`` (1-based) of ``stage``; a new stage starts after the previous one.
+
+        ``group:part`` names (the export steps of ``image_to_glb``) count as one stage ``group``.
+        """
+        stage = stage.split(":", 1)[0]
+        if stage != self._stage:
+            if self._stage is not None:
+                self._base += self._last_n
+            self._stage = stage
+        self._last_n = n
+        self.bar.update_absolute(min(self._base + i, self.total), self.total)
+
+    def advance(self, n: int = 1) -> None:
+        """Count ``n`` units of work done outside a sampler (decoding, preprocessing)."""
+        self._stage = None
+        self._base += self._last_n + n
+        self._last_n = 0
+        self.bar.update_absolute(min(self._base, self.total), self.total)
+
+    @staticmethod
+    def cancelled() -> bool:
+        return bridge.interrupted()
+
+    def grouped(self, stage: str) -> "_Grouped":
+        """An ``export_glb`` progress object whose steps (each named after its step) all count as ``stage``."""
+        return _Grouped(self, stage)
+
+    def hooks(self) -> StageHooks:
+        return StageHooks(progress=self.step, should_cancel=bridge.interrupted)
+
+
+class _Grouped:
+    def __init__(self, parent: StageProgress, stage: str) -> None:
+        self._parent, self._stage = parent, stage
+
+    def step(self, _stage: str, i: int, n: int) -> None:
+        self._parent.step(self._stage, i, n)
+
+    @staticmethod
+    def cancelled() -> bool:
+        return bridge.interrupted()
+
+
+@contextlib.contextmanager
+def comfy_errors() -> Iterator[None]:
+    """Turn the library's cancellation into ComfyUI's interrupt (the UI then shows "interrupted", not an error)."""
+    try:
+        yield
+    except CancelledError as err:
+        bridge.raise_interrupted(err)

@@ -1,0 +1,219 @@
+"""The three sampler nodes: sparse structure → shape latent → material latent (spec §1.1–§1.5, §7).
+
+Seeds follow the official single-seed order (§1.5): the structure node seeds a CPU generator and passes its state
+on; the shape and material nodes continue that stream when their ``stage_seed`` is 0, which reproduces
+``Pipeline.run(seed=...)`` exactly, or reseed their stage with any other value.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from trellis2_core.errors import InputError
+from trellis2_core.models.structure_decoder import occupancy_to_coords
+from trellis2_core.pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS
+from trellis2_core.pipeline.stages import (
+    PipelineType, sample_material, sample_shape, sample_shape_cascade, sample_structure,
+)
+
+from .runtime import PipelineHandle, StageProgress, comfy_errors
+from .types import (
+    CATEGORY, COND, MATERIAL, PIPELINE, SHAPE, STRUCTURE, CondAsset, MaterialAsset, ShapeAsset, StructureAsset,
+    generator_from,
+)
+
+__all__ = ["Trellis2SampleStructure", "Trellis2SampleShape", "Trellis2SampleMaterial", "sampler_inputs",
+           "STAGE_DEFAULTS", "PIPELINE_TYPES", "SEED_MAX"]
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+PIPELINE_TYPES = ("512", "1024", "1024_cascade", "1536_cascade")
+#: §1.4: official pipeline.json sampler settings per stage
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sparse_structure": {"steps": 12, "guidance_strength": 7.5, "guidance_rescale": 0.7,
+                         "guidance_interval": (0.6, 1.0), "rescale_t": 5.0},
+    "shape_slat": {"steps": 12, "guidance_strength": 7.5, "guidance_rescale": 0.5,
+                   "guidance_interval": (0.6, 1.0), "rescale_t": 3.0},
+    "tex_slat": {"steps": 12, "guidance_strength": 1.0, "guidance_rescale": 0.0,
+                 "guidance_interval": (0.6, 0.9), "rescale_t": 3.0},
+}
+
+
+def sampler_inputs(stage: str) -> dict[str, tuple]:
+    """Widgets of one sampler stage with the official defaults of §1.4 (tooltips name them)."""
+    d = STAGE_DEFAULTS[stage]
+    lo, hi = d["guidance_interval"]
+    return {
+        "steps": ("INT", {"default": d["steps"], "min": 1, "max": 200, "step": 1,
+                          "tooltip": f"Euler steps of this stage (official {d['steps']}). Each step is one model "
+                                     "call, two while guidance is active."}),
+        "guidance_strength": ("FLOAT", {"default": d["guidance_strength"], "min": 0.0, "max": 30.0, "step": 0.1,
+                                        "tooltip": "Classifier-free guidance weight (official "
+                                                   f"{d['guidance_strength']}); 1 disables guidance."}),
+        "guidance_rescale": ("FLOAT", {"default": d["guidance_rescale"], "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": "Rescales the guided prediction towards the conditional one's "
+                                                  f"spread (official {d['guidance_rescale']}); 0 disables."}),
+        "guidance_interval_start": ("FLOAT", {"default": lo, "min": 0.0, "max": 1.0, "step": 0.01,
+                                              "tooltip": "Guidance is applied only for noise levels t in "
+                                                         f"[start, end] (t = 1 is pure noise); official {lo}."}),
+        "guidance_interval_end": ("FLOAT", {"default": hi, "min": 0.0, "max": 1.0, "step": 0.01,
+                                            "tooltip": f"End of the guidance interval (official {hi})."}),
+        "rescale_t": ("FLOAT", {"default": d["rescale_t"], "min": 0.05, "max": 50.0, "step": 0.05,
+                                "tooltip": "Time warp of the step grid: > 1 spends more steps at high noise "
+                                           f"(official {d['rescale_t']}); 1 = uniform steps."}),
+    }
+
+
+def _overrides(values: dict[str, Any]) -> dict[str, Any]:
+    lo, hi = float(values["guidance_interval_start"]), float(values["guidance_interval_end"])
+    if lo > hi:
+        raise InputError(f"guidance_interval_start ({lo}) must not exceed guidance_interval_end ({hi})")
+    return {"steps": int(values["steps"]), "guidance_strength": float(values["guidance_strength"]),
+            "guidance_rescale": float(values["guidance_rescale"]), "guidance_interval": (lo, hi),
+            "rescale_t": float(values["rescale_t"])}
+
+
+def _need_1024(cond: CondAsset, ptype: PipelineType) -> None:
+    if ptype.cond_resolution == 1024 and cond.cond.cond_1024 is None:
+        raise InputError(f"resolution {ptype.name!r} needs the 1024 px DINOv3 tokens: set Encode Image's "
+                         "'resolutions' to '512 and 1024'")
+
+
+def _seed_input(default: int, continue_stream: bool) -> tuple:
+    if continue_stream:
+        return ("INT", {"default": default, "min": 0, "max": SEED_MAX,
+                        "tooltip": "0 = continue the previous stage's random stream (reproduces the official "
+                                   "single-seed run); any other value reseeds this stage only. (Not called 'seed' "
+                                   "so that ComfyUI does not randomise it after each run.)"})
+    return ("INT", {"default": default, "min": 0, "max": SEED_MAX, "control_after_generate": True,
+                    "tooltip": "Random seed of the whole generation (official default 42); the later stages "
+                               "continue its random stream."})
+
+
+class Trellis2SampleStructure:
+    """Sample the coarse occupancy (which voxels hold the object), conditioned on the image."""
+
+    DESCRIPTION = "Stage 1: samples the 16³ structure latent and decodes it into occupied voxels (§1.1 stage 2)."
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = (STRUCTURE,)
+    RETURN_NAMES = ("structure",)
+    OUTPUT_TOOLTIPS = ("Occupied voxels of the object and the random stream for the next stages.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pipeline": (PIPELINE, {"tooltip": "From Load TRELLIS.2 Model."}),
+            "conditioning": (COND, {"tooltip": "From Encode Image (uses the 512 px tokens)."}),
+            "seed": _seed_input(42, continue_stream=False),
+            **sampler_inputs("sparse_structure"),
+        }}
+
+    def sample(self, pipeline: PipelineHandle, conditioning: CondAsset, seed: int, **params: Any
+               ) -> tuple[StructureAsset]:
+        values = _overrides(params)
+        sampler = pipeline.pipeline.sampler_params("sparse_structure", values)
+        ss_res = PipelineType.parse(pipeline.config.default_pipeline_type).ss_res
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(int(seed))
+        progress = StageProgress(values["steps"] + 1)
+        keys = ("sparse_structure_flow_model", "sparse_structure_decoder")
+        with comfy_errors(), pipeline.models_for(keys):
+            get = pipeline.pipeline.models
+            structure = sample_structure(get(keys[0]), get(keys[1]), conditioning.cond.at(512), sampler, ss_res,
+                                         gen, progress.hooks())
+        progress.advance()
+        return (StructureAsset(structure=structure, seed=int(seed), rng_state=gen.get_state()),)
+
+
+class Trellis2SampleShape:
+    """Sample the shape latent on the structure's voxels, at 512, 1024 or as a cascade to 1024/1536."""
+
+    DESCRIPTION = ("Stage 2: samples the shape latent (§1.2). Cascades sample at 512 first, refine the voxels and "
+                   "sample again at the target resolution (§1.3).")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = (SHAPE,)
+    RETURN_NAMES = ("shape",)
+    OUTPUT_TOOLTIPS = ("The shape latent and its grid resolution: connect to Sample Material and Decode Mesh.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pipeline": (PIPELINE, {"tooltip": "From Load TRELLIS.2 Model."}),
+            "conditioning": (COND, {"tooltip": "From Encode Image ('512 and 1024' for every type but 512)."}),
+            "structure": (STRUCTURE, {"tooltip": "From Sample Structure."}),
+            "resolution": (list(PIPELINE_TYPES), {
+                "default": "1024_cascade",
+                "tooltip": "Output grid: 512 (fast), 1024, or cascades that sample at 512 and refine to 1024/1536 "
+                           "(official default 1024_cascade)."}),
+            "max_num_tokens": ("INT", {
+                "default": DEFAULT_MAX_NUM_TOKENS, "min": 1024, "max": 1_000_000, "step": 1024,
+                "tooltip": "1536 cascade only: the resolution is lowered in steps of 128 (down to 1024) until the "
+                           "voxel count is below this (official 49152). Lower it to save memory."}),
+            "stage_seed": _seed_input(0, continue_stream=True),
+            **sampler_inputs("shape_slat"),
+        }}
+
+    def sample(self, pipeline: PipelineHandle, conditioning: CondAsset, structure: StructureAsset,
+               resolution: str, max_num_tokens: int, stage_seed: int, **params: Any) -> tuple[ShapeAsset]:
+        ptype = PipelineType.parse(resolution)
+        _need_1024(conditioning, ptype)
+        values = _overrides(params)
+        sampler = pipeline.pipeline.sampler_params("shape_slat", values)
+        norm = pipeline.config.normalization("shape_slat")
+        ss = structure.structure
+        coords = ss.coords if ss.resolution == ptype.ss_res else occupancy_to_coords(ss.logits, ptype.ss_res)
+        gen = generator_from(int(stage_seed), structure.rng_state)
+        cond = conditioning.cond
+        progress = StageProgress(values["steps"] * (2 if ptype.cascade else 1))
+        with comfy_errors():
+            if ptype.cascade:
+                keys = ("shape_slat_flow_model_512", "shape_slat_flow_model_1024", "shape_slat_decoder")
+                with pipeline.models_for(keys):
+                    get = pipeline.pipeline.models
+                    shape = sample_shape_cascade(get(keys[0]), get(keys[1]), get(keys[2]), cond.at(512),
+                                                 cond.at(1024), coords, sampler, norm, ptype.resolution, gen,
+                                                 int(max_num_tokens), progress.hooks())
+            else:
+                with pipeline.models_for((ptype.shape_model,)):
+                    shape = sample_shape(pipeline.pipeline.models(ptype.shape_model), cond.at(ptype.cond_resolution),
+                                         coords, sampler, norm, ptype.resolution, gen, progress.hooks())
+        return (ShapeAsset(shape=shape, pipeline_type=ptype, rng_state=gen.get_state()),)
+
+
+class Trellis2SampleMaterial:
+    """Sample the material (PBR) latent on the shape latent's voxels."""
+
+    DESCRIPTION = "Stage 3: samples the texture latent (base colour, metallic, roughness, alpha) (§1.1 stage 4)."
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = (MATERIAL,)
+    RETURN_NAMES = ("material",)
+    OUTPUT_TOOLTIPS = ("The material latent: connect to Decode Mesh together with its shape.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pipeline": (PIPELINE, {"tooltip": "From Load TRELLIS.2 Model."}),
+            "conditioning": (COND, {"tooltip": "From Encode Image (the same one as the shape)."}),
+            "shape": (SHAPE, {"tooltip": "From Sample Shape."}),
+            "stage_seed": _seed_input(0, continue_stream=True),
+            **sampler_inputs("tex_slat"),
+        }}
+
+    def sample(self, pipeline: PipelineHandle, conditioning: CondAsset, shape: ShapeAsset, stage_seed: int,
+               **params: Any) -> tuple[MaterialAsset]:
+        ptype = shape.pipeline_type
+        _need_1024(conditioning, ptype)
+        values = _overrides(params)
+        sampler = pipeline.pipeline.sampler_params("tex_slat", values)
+        gen = generator_from(int(stage_seed), shape.rng_state)
+        progress = StageProgress(values["steps"])
+        with comfy_errors(), pipeline.models_for((ptype.tex_model,)):
+            material = sample_material(
+                pipeline.pipeline.models(ptype.tex_model), conditioning.cond.at(ptype.cond_resolution),
+                shape.shape.slat, sampler, pipeline.config.normalization("shape_slat"),
+                pipeline.config.normalization("tex_slat"), gen, progress.hooks())
+        return (MaterialAsset(material=material, shape=shape),)
+

@@ -1,0 +1,120 @@
+"""Progress, cancellation and VRAM-preset residency plumbing of the nodes (no ComfyUI, no models)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodes import comfy_bridge as bridge
+from nodes.runtime import PipelineHandle, StageProgress, comfy_errors, resolve_preset
+from trellis2_core.errors import CancelledError
+
+
+class _Bar:
+    def __init__(self, total):
+        self.total, self.values = total, []
+
+    def update_absolute(self, value, total=None, preview=None):
+        self.values.append((value, total))
+
+
+@pytest.fixture()
+def bars(monkeypatch):
+    made = []
+
+    def factory(total):
+        made.append(_Bar(total))
+        return made[-1]
+
+    monkeypatch.setattr(bridge, "progress_bar", factory)
+    return made
+
+
+def test_progress_spans_stages(bars):
+    p = StageProgress(2 + 4 + 1 + 6)
+    for i in (1, 2):
+        p.step("shape_lr", i, 2)
+    for i in (1, 2, 3, 4):
+        p.step("shape_hr", i, 4)
+    p.advance()
+    g = p.grouped("export")
+    for i, name in enumerate(["fill_holes", "clean", "decimate", "unwrap", "bake", "write"], 1):
+        g.step(name, i, 6)
+    values = [v for v, _ in bars[0].values]
+    assert values == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+    assert values == sorted(values) and values[-1] == bars[0].total
+
+
+def test_grouped_stage_names_count_once(bars):
+    p = StageProgress(1 + 6)
+    p.step("load", 0, 1)
+    p.step("load", 1, 1)
+    for i in range(1, 7):
+        p.step(f"export:s{i}", i, 6)  # image_to_glb names its export steps export:<step>
+    assert [v for v, _ in bars[0].values][-1] == 7
+
+
+def test_cancellation_outside_comfyui_reraises():
+    assert bridge.interrupted() is False
+    with pytest.raises(CancelledError):
+        with comfy_errors():
+            raise CancelledError("stop")
+
+
+def test_auto_preset():
+    assert resolve_preset("auto", torch.device("cpu")) == "high"
+    assert resolve_preset("low", torch.device("cpu")) == "low"
+    with pytest.raises(ValueError):
+        resolve_preset("huge", torch.device("cpu"))
+
+
+class _Store:
+    def __init__(self):
+        self.loaded = {"sparse_structure_flow_model", "sparse_structure_decoder", "shape_slat_decoder"}
+        self.released = []
+
+    def release(self, key):
+        self.released.append(key)
+        was = key in self.loaded
+        self.loaded.discard(key)
+        return was
+
+
+class _Pipe:
+    def __init__(self):
+        self.models = _Store()
+        self.config = None
+
+
+@pytest.mark.parametrize("preset,expected", [
+    ("high", []),
+    ("medium", ["sparse_structure_flow_model"]),
+    ("low", ["sparse_structure_flow_model", "sparse_structure_decoder"]),
+])
+def test_residency_per_preset(preset, expected):
+    h = PipelineHandle(pipeline=_Pipe(), source="x", root=None, device=torch.device("cpu"), vram_preset=preset)
+    with h.models_for(("sparse_structure_flow_model", "sparse_structure_decoder")):
+        pass
+    assert h.pipeline.models.released == expected
+
+
+def test_residency_releases_after_errors_too():
+    h = PipelineHandle(pipeline=_Pipe(), source="x", root=None, device=torch.device("cpu"), vram_preset="low")
+    with pytest.raises(RuntimeError):
+        with h.models_for(("sparse_structure_decoder",)):
+            raise RuntimeError("boom")
+    assert h.pipeline.models.released == ["sparse_structure_decoder"]
+
+
+def test_extra_models_cached_unless_low():
+    calls = []
+    for preset, n in (("high", 1), ("low", 2)):
+        calls.clear()
+        h = PipelineHandle(pipeline=_Pipe(), source="x", root=None, device=torch.device("cpu"), vram_preset=preset)
+        h.extra_model("m", lambda: calls.append(1) or object())
+        h.extra_model("m", lambda: calls.append(1) or object())
+        assert len(calls) == n
+
+
+def test_core_mesh_fallback():
+    m = bridge.core_mesh(torch.zeros(1, 3, 3), torch.zeros(1, 1, 3, dtype=torch.int64))
+    assert m.vertices.shape == (1, 3, 3) and m.faces.shape == (1, 1, 3)

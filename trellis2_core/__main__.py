@@ -1,0 +1,171 @@
+"""Command line: ``python -m trellis2_core IMAGE -o OUT.glb [options]`` (spec §1, §2, §9).
+
+Thin argparse layer over :func:`trellis2_core.api.image_to_glb`, with one tqdm bar per stage (sampler stages count
+steps). Errors the user can fix (missing weights, bad inputs) print one message and exit with status 2, without a
+traceback; other library errors exit with 1, an interrupt with 130.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("trellis2_core")
+
+_PIPELINE_TYPES = ("512", "1024", "1024_cascade", "1536_cascade")
+_WEIGHTS_HELP = (
+    "Where to put the weights: pass --pipeline /path/to/TRELLIS.2-4B (a folder with pipeline.json and ckpts/), or "
+    "put that folder in <models-dir>/trellis2/ and pass --models-dir, or let it download from Hugging Face "
+    "(needs network access; microsoft/TRELLIS.2-4B needs the gated facebook/dinov3-vitl16-pretrain-lvd1689m: accept "
+    "its licence on huggingface.co and run `hf auth login`). A matting model folder goes to --rembg-model PATH."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m trellis2_core",
+        description="TRELLIS.2 image to textured 3D model (GLB).",
+        epilog=_WEIGHTS_HELP,
+    )
+    p.add_argument("image", help="input image (RGBA with transparent background, or any image + background removal)")
+    p.add_argument("-o", "--output", required=True, help="output .glb path")
+    g = p.add_argument_group("model")
+    g.add_argument("--pipeline", default="microsoft/TRELLIS.2-4B",
+                   help="Hugging Face id or local pipeline folder (default: %(default)s)")
+    g.add_argument("--models-dir", default=None, help="folder searched for pipelines (<dir>/trellis2/<name>), "
+                                                      "DINOv3 and matting models (<dir>/rembg/<name>)")
+    g.add_argument("--type", dest="pipeline_type", default=None, metavar="TYPE",
+                   help=f"pipeline type: {', '.join(_PIPELINE_TYPES)} (or N_cascade, N = 1024 + k*128; default: "
+                        "pipeline.json's, officially 1024_cascade)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="override the checkpoints' precision (default: their own, bf16 DiTs / fp16 VAEs)")
+    g.add_argument("--offline", action="store_true", help="never download; use local folders and the HF cache")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s, as official)")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps of every stage (default 12)")
+    s.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance of the structure and shape stages (default 7.5)")
+    for stage, label in (("ss", "sparse-structure"), ("shape", "shape"), ("tex", "material")):
+        s.add_argument(f"--{stage}-steps", type=int, default=None, help=f"steps of the {label} stage")
+        s.add_argument(f"--{stage}-guidance", type=float, default=None, help=f"guidance of the {label} stage")
+    s.add_argument("--max-tokens", type=int, default=49152,
+                   help="token cap of the 1536 cascade (lower it when out of memory; default: %(default)s)")
+    b = p.add_argument_group("background")
+    b.add_argument("--background", choices=("auto", "keep", "model", "none"), default="auto",
+                   help="auto: keep the alpha of an RGBA image, else run the matting model; keep: use the alpha; "
+                        "model: always run the matting model; none: use the image as it is (no crop)")
+    b.add_argument("--mask", default=None, help="foreground mask image (white = object); replaces matting")
+    b.add_argument("--rembg-model", default=None,
+                   help="matting model folder or HF id (default ZhengPeng7/BiRefNet, MIT; briaai/RMBG-2.0 works "
+                        "too); its folder's Python code is run (trust_remote_code)")
+    e = p.add_argument_group("export")
+    e.add_argument("--faces", type=int, default=500_000, help="target face count, 0 = no decimation "
+                                                              "(default: %(default)s)")
+    e.add_argument("--texture-size", type=int, default=2048, help="texture side in pixels (default: %(default)s)")
+    e.add_argument("--texture-format", choices=("png", "webp"), default="png",
+                   help="png (opens everywhere) or webp (smaller, needs EXT_texture_webp; official)")
+    e.add_argument("--alpha-mode", choices=("OPAQUE", "MASK", "BLEND"), default="OPAQUE",
+                   help="glTF alpha mode of the material (default: %(default)s, as official)")
+    o = p.add_argument_group("output")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+class _Bars:
+    """One tqdm bar per stage; 'export:<step>' stages share one 'export' bar."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.group: str | None = None
+        self.bar: Any = None
+
+    def step(self, stage: str, i: int, n: int) -> None:
+        if not self.enabled:
+            return
+        group, _, detail = stage.partition(":")
+        if group != self.group or self.bar is None:
+            self.close()
+            from tqdm import tqdm
+
+            self.group = group
+            self.bar = tqdm(total=n, desc=group, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True)
+        if self.bar.total != n:
+            self.bar.total = n
+        if detail:
+            self.bar.set_postfix_str(detail, refresh=False)
+        self.bar.update(max(0, i - self.bar.n))
+
+    def close(self, failed: bool = False) -> None:
+        if self.bar is not None:
+            if failed:
+                self.bar.leave = False  # an unfinished bar disappears; the error message follows
+            self.bar.close()
+        self.bar, self.group = None, None
+
+
+def _stage_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for flag, stage in (("ss", "sparse_structure"), ("shape", "shape_slat"), ("tex", "tex_slat")):
+        block = {}
+        if getattr(args, f"{flag}_steps") is not None:
+            block["steps"] = getattr(args, f"{flag}_steps")
+        if getattr(args, f"{flag}_guidance") is not None:
+            block["guidance_strength"] = getattr(args, f"{flag}_guidance")
+        if block:
+            out[stage] = block
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    # our stage summaries at INFO; other libraries (HTTP clients, transformers) stay at WARNING
+    log.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    from .errors import InputError, Trellis2Error, WeightsError
+
+    bars = _Bars(enabled=not args.quiet)
+    try:
+        from .api import image_to_glb
+        from .postprocess import ExportConfig
+
+        export = ExportConfig(target_faces=args.faces, texture_size=args.texture_size,
+                              texture_format=args.texture_format, alpha_mode=args.alpha_mode)
+        result = image_to_glb(
+            args.image, args.output, pipeline=args.pipeline, pipeline_type=args.pipeline_type, seed=args.seed,
+            steps=args.steps, guidance=args.guidance, samplers=_stage_overrides(args), max_num_tokens=args.max_tokens,
+            export=export, device=args.device, dtype=args.dtype, models_dir=args.models_dir,
+            offline=True if args.offline else None, background=args.background, mask=args.mask,
+            matting_model=args.rembg_model, progress=bars)
+    except WeightsError as err:
+        bars.close(failed=True)
+        print(f"error: {err}\n\n{_WEIGHTS_HELP}", file=sys.stderr)
+        return 2
+    except InputError as err:
+        bars.close(failed=True)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Trellis2Error as err:
+        bars.close(failed=True)
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        bars.close(failed=True)
+        print("interrupted", file=sys.stderr)
+        return 130
+    bars.close()
+    rep = result.export
+    print(f"{rep.path}: {rep.faces} faces, {rep.vertices} vertices, {export.texture_size}px {export.texture_format} "
+          f"textures, {rep.bytes / 1e6:.1f} MB ({sum(result.timings.values()):.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Run-time switches of the fast inference path (performance.md §4.1, §6.2).
+
+:class:`FastPathConfig` is a frozen value passed down explicitly (stage functions → sampler → model forward); nothing
+here is global. Every switch has a reference behaviour it must match (final latents cosine ≥ 0.999 on the same
+noise, ``tests/test_fast_path.py``), and ``FastPathConfig()`` (all switches off, default attention) is the plain
+eager path that the golden cases check.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ContextManager
+
+import torch
+
+__all__ = ["FastPathConfig", "ATTENTION_KERNELS"]
+
+#: ``attention_kernel`` values: which fused SDPA kernel PyTorch may use on CUDA (§3 of performance.md)
+ATTENTION_KERNELS = ("default", "cudnn", "flash", "efficient", "math")
+
+
+@dataclass(frozen=True)
+class FastPathConfig:
+    """Switches of the fast path; each one is exact up to floating-point rounding.
+
+    Attributes:
+        cache_cross_kv: compute every block's cross-attention keys/values once per sampling stage (the image
+            context is fixed during a stage) instead of at every model call.
+        skip_uncond_cross_attn: the unconditional pass uses an all-zero context, so every key is the same
+            (``RMSNorm(bias_k)``) and every value is ``bias_v``: the softmax is uniform and the cross-attention output
+            is the per-block constant ``to_out(bias_v)``. Precompute it and skip ``norm2``/``to_q``/attention.
+        batch_cfg: run the conditional and unconditional passes of a CFG step as one batch of two.
+        dense_tokens: run a sparse latent whose batch elements have equal token counts (always the case for one
+            sample or a CFG pair) as dense ``[B, L, C]`` tokens through the blocks (plain SDPA, no varlen packing).
+        compile_blocks: ``torch.compile`` the DiT block (CUDA only; ignored on other devices). Implies dense tokens.
+        attention_kernel: fused SDPA kernel to allow on CUDA: 'default' (PyTorch's choice), 'cudnn', 'flash'
+            (FlashAttention-2, the official op), 'efficient' or 'math'. Ignored on CPU.
+    """
+
+    cache_cross_kv: bool = False
+    skip_uncond_cross_attn: bool = False
+    batch_cfg: bool = False
+    dense_tokens: bool = False
+    compile_blocks: bool = False
+    attention_kernel: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, "
+                             f"got {self.attention_kernel!r}")
+
+    @classmethod
+    def reference(cls) -> "FastPathConfig":
+        """The official op mix: eager, FlashAttention-2-class attention, nothing cached."""
+        return cls(attention_kernel="flash")
+
+    @classmethod
+    def fast(cls, compile_blocks: bool = True) -> "FastPathConfig":
+        """Every switch on (the measured-fastest attention on an H100 is cuDNN, performance.md §3)."""
+        return cls(cache_cross_kv=True, skip_uncond_cross_attn=True, batch_cfg=True, dense_tokens=True,
+                   compile_blocks=compile_blocks, attention_kernel="cudnn")
+
+    def use_dense_tokens(self) -> bool:
+        return self.dense_tokens or self.compile_blocks
+
+    def compile_on(self, device: torch.device) -> bool:
+        """Whether blocks are compiled on ``device`` (never off CUDA)."""
+        return self.compile_blocks and device.type == "cuda"
+
+    def attention_context(self, device: torch.device) -> ContextManager[None]:
+        """A context that restricts SDPA to ``attention_kernel`` on CUDA; a no-op elsewhere or for 'default'."""
+        if device.type != "cuda" or self.attention_kernel == "default":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[self.attention_kernel]
+        if self.attention_kernel == "cudnn":  # cuDNN rejects some shapes/dtypes: let flash take those
+            return sdpa_kernel([first, SDPBackend.FLASH_ATTENTION], set_priority=True)
+        return sdpa_kernel([first])
