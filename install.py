@@ -60,8 +60,13 @@ def _check_integrity(data: bytes) -> None:
 
 def _download() -> bytes:
     req = urllib.request.Request(THREE_URL, headers={"User-Agent": "trellis2-comfy-install"})
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        return resp.read()
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.read()
+    except OSError as err:  # URLError, timeouts, TLS errors
+        raise SystemExit(f"could not download three.js from {THREE_URL} ({err}). The nodes work without it, but "
+                         "the 3D preview needs it: run `python install.py --skip-pip` again when online, or "
+                         "download that file yourself and pass it with --tarball") from err
 
 
 def vendor_three(tarball: str | None = None, force: bool = False) -> str:

@@ -73,7 +73,7 @@ class Trellis2EncodeImage:
                                           mask=None if item_mask is None else item_mask.numpy()))
             progress.advance()
         conds = []
-        with comfy_errors(), pipeline.models_for(()):
+        with comfy_errors():
             encoder = pipeline.conditioner()
             for pil in prepared:
                 conds.append(encoder.condition(pil, ptype))

@@ -74,7 +74,7 @@ def write_items(items: tuple[MeshAsset, ...], filename_prefix: str, cfg: ExportC
     out_dir = bridge.output_dir()
     progress = StageProgress(6 * len(items))
     entries = []
-    with comfy_errors():
+    with comfy_errors("lower texture_size or target_faces (or decimate the mesh first)"):
         for item in items:
             if item.pbr is None:
                 raise InputError("this mesh has no PBR voxels (Decode Mesh ran without a material latent); connect "

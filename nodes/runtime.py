@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from trellis2_core.errors import CancelledError, WeightsError
+from trellis2_core.errors import CancelledError, OutOfMemoryError, WeightsError
 from trellis2_core.loading import resolve_model_files
 from trellis2_core.pipeline.pipeline import Pipeline
 from trellis2_core.pipeline.stages import StageHooks
@@ -30,7 +30,8 @@ from . import comfy_bridge as bridge
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VRAM_PRESETS", "FLOW_KEYS", "PipelineHandle", "resolve_preset", "StageProgress", "comfy_errors"]
+__all__ = ["VRAM_PRESETS", "FLOW_KEYS", "PipelineHandle", "resolve_preset", "StageProgress", "comfy_errors",
+           "OOM_HINT"]
 
 VRAM_PRESETS = ("auto", "high", "medium", "low")
 #: the pipeline.json model keys of the large flow transformers (§4.1)
@@ -171,10 +172,25 @@ class _Grouped:
         return bridge.interrupted()
 
 
+OOM_HINT = ("set Load TRELLIS.2 Model's vram_preset to 'low', choose a smaller resolution ('1024_cascade' or "
+            "'512'), or lower max_num_tokens / texture_size")
+
+
+def _is_oom(err: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(err, oom)) or "out of memory" in str(err).lower()
+
+
 @contextlib.contextmanager
-def comfy_errors() -> Iterator[None]:
-    """Turn the library's cancellation into ComfyUI's interrupt (the UI then shows "interrupted", not an error)."""
+def comfy_errors(oom_hint: str = OOM_HINT) -> Iterator[None]:
+    """Library cancellation → ComfyUI's interrupt (the UI shows "interrupted", not an error); running out of device
+    memory → :class:`OutOfMemoryError` saying which setting to lower."""
     try:
         yield
     except CancelledError as err:
         bridge.raise_interrupted(err)
+    except (RuntimeError, MemoryError) as err:
+        if not _is_oom(err):
+            raise
+        bridge.empty_cache()
+        raise OutOfMemoryError(f"out of memory: {oom_hint}") from err

@@ -25,7 +25,7 @@ from .pipeline.stages import PipelineType, StageHooks
 from .postprocess import ExportConfig, ExportReport, export_glb, fill_holes
 from .postprocess.glb import check_output_path
 from .preprocess.background import (
-    Matting, load_matting_model, needs_matting, normalize_mode, prepare_image, resolve_background,
+    BiRefNetMatting, Matting, load_matting_model, needs_matting, normalize_mode, prepare_image, resolve_background,
 )
 from .sparse import SparseTensor
 
@@ -288,7 +288,11 @@ def image_to_glb(
         track("load", 0, 1)
         pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.from_pretrained(
             pipeline, models_dir=models_dir, device=dev, dtype_override=dtype, offline=offline)
-        matting = matting_model if callable(matting_model) else None
+        matting: Matting | None = None
+        if isinstance(matting_model, nn.Module):  # a bare BiRefNet-interface network
+            matting = BiRefNetMatting(matting_model)
+        elif callable(matting_model):
+            matting = matting_model
         if matting is None and needs_matting(img, background, mask_img):
             matting = load_matting_model(matting_model, device=dev, models_dir=models_dir, offline=offline)
         track("load", 1, 1)

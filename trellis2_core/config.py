@@ -1,7 +1,7 @@
 """Run-time switches of the fast inference path (performance.md §4.1, §6.2).
 
-:class:`FastPathConfig` is a frozen value passed down explicitly (stage functions → sampler → model forward); nothing
-here is global. Every switch has a reference behaviour it must match (final latents cosine ≥ 0.999 on the same
+:class:`FastPathConfig` is a frozen value passed down explicitly (stage functions → sampler → model forward);
+nothing here is global. Every switch has a reference behaviour it must match (final latents cosine ≥ 0.999 on the same
 noise, ``tests/test_fast_path.py``), and ``FastPathConfig()`` (all switches off, default attention) is the plain
 eager path that the golden cases check.
 """
@@ -33,6 +33,8 @@ class FastPathConfig:
         dense_tokens: run a sparse latent whose batch elements have equal token counts (always the case for one
             sample or a CFG pair) as dense ``[B, L, C]`` tokens through the blocks (plain SDPA, no varlen packing).
         compile_blocks: ``torch.compile`` the DiT block (CUDA only; ignored on other devices). Implies dense tokens.
+        cuda_graphs: replay each sampler model call from a CUDA graph captured on its first call (CUDA only;
+            removes launch cost; measured no gain on an H100 once the blocks are compiled, so off in ``fast()``).
         attention_kernel: fused SDPA kernel to allow on CUDA: 'default' (PyTorch's choice), 'cudnn', 'flash'
             (FlashAttention-2, the official op), 'efficient' or 'math'. Ignored on CPU.
     """
@@ -42,6 +44,7 @@ class FastPathConfig:
     batch_cfg: bool = False
     dense_tokens: bool = False
     compile_blocks: bool = False
+    cuda_graphs: bool = False
     attention_kernel: str = "default"
 
     def __post_init__(self) -> None:
@@ -56,12 +59,17 @@ class FastPathConfig:
 
     @classmethod
     def fast(cls, compile_blocks: bool = True) -> "FastPathConfig":
-        """Every switch on (the measured-fastest attention on an H100 is cuDNN, performance.md §3)."""
+        """The measured-fastest set on an H100 (benchmarks/RESULTS.md, "Pipeline"): every switch but CUDA graphs
+        (no gain once the blocks are compiled), cuDNN attention (1.6–1.9× FlashAttention-2)."""
         return cls(cache_cross_kv=True, skip_uncond_cross_attn=True, batch_cfg=True, dense_tokens=True,
                    compile_blocks=compile_blocks, attention_kernel="cudnn")
 
     def use_dense_tokens(self) -> bool:
         return self.dense_tokens or self.compile_blocks
+
+    def graphs_on(self, device: torch.device) -> bool:
+        """Whether sampler calls are replayed from CUDA graphs on ``device`` (never off CUDA)."""
+        return self.cuda_graphs and device.type == "cuda"
 
     def compile_on(self, device: torch.device) -> bool:
         """Whether blocks are compiled on ``device`` (never off CUDA)."""

@@ -60,6 +60,17 @@ def test_cancellation_outside_comfyui_reraises():
             raise CancelledError("stop")
 
 
+def test_out_of_memory_names_the_setting_to_lower():
+    from trellis2_core.errors import OutOfMemoryError
+
+    with pytest.raises(OutOfMemoryError, match="vram_preset"):
+        with comfy_errors():
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(RuntimeError, match="other"):
+        with comfy_errors():
+            raise RuntimeError("other failure")
+
+
 def test_auto_preset():
     assert resolve_preset("auto", torch.device("cpu")) == "high"
     assert resolve_preset("low", torch.device("cpu")) == "low"

@@ -169,7 +169,7 @@ def layout(ui: dict[str, Any], name: str) -> dict[str, Any]:
         w, h = node.get("size", [COLUMN_W, 200])
         node["size"] = [max(w, COLUMN_W - 40), h]
         if node["type"] in ("Trellis2ExportGLB", "Trellis2ImageTo3D"):
-            node["size"] = [440, max(h, 300) + 340]  # room for the 3D preview widget
+            node["size"] = [440, max(h, 640)]  # room for the 3D preview widget
         elif node["type"] in ("PreviewImage", "SaveGLB"):
             node["size"] = [COLUMN_W - 40, 360]  # room for the image / core 3D viewer
         rows[col] = y + node["size"][1] + 60
@@ -178,6 +178,7 @@ def layout(ui: dict[str, Any], name: str) -> dict[str, Any]:
                         "flags": {}, "order": len(ui["nodes"]), "mode": 0, "inputs": [], "outputs": [],
                         "properties": {}, "widgets_values": [NOTES[name]]})
     ui["last_node_id"] = max(ui.get("last_node_id", 0), note_id)
+    ui.setdefault("extra", {})["ds"] = {"scale": 0.7, "offset": [20, 80]}  # opening view: the first columns
     return ui
 
 

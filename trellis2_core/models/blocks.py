@@ -23,8 +23,8 @@ from ..sparse.rope import RopeTable, apply_rope
 from ..sparse.tensor import SparseTensor
 
 __all__ = ["Tokens", "CrossContext", "TimestepEmbedder", "MultiHeadRMSNorm", "SelfAttention", "CrossAttention",
-           "FeedForward", "ModulatedTransformerCrossBlock", "FlowDiT", "timestep_embedding", "modulate", "gate_residual", "per_token",
-           "trunk_dtype_from_args"]
+           "FeedForward", "ModulatedTransformerCrossBlock", "FlowDiT", "timestep_embedding", "modulate",
+           "gate_residual", "per_token", "trunk_dtype_from_args"]
 
 Tokens = Union[Tensor, SparseTensor]
 """Either dense tokens ``[B, L, C]`` or a SparseTensor whose features ``[T, C]`` are the tokens of all samples."""
@@ -50,11 +50,9 @@ def per_token(x: Tokens, v: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class CrossContext:
-    """An image context prepared once per sampling stage (performance.md §4.1; see :meth:`FlowDiT.prepare_context`).
-
-    Batch elements ``0..n_live-1`` attend to ``tokens`` (keys/values of every block in ``kv`` when cached); the
-    others have an all-zero context, whose cross-attention output is the per-block constant ``const[i] [C]``.
-    """
+    """A context prepared once per sampling stage (performance.md §4.1; :meth:`FlowDiT.prepare_context`): elements
+    ``0..n_live-1`` attend to ``tokens`` (per-block K/V in ``kv`` if cached), the others have an all-zero context whose
+    cross-attention output is the per-block constant ``const[i] [C]``."""
 
     tokens: Tensor  # [B, M, Cc] in the trunk dtype
     n_live: int
@@ -69,17 +67,12 @@ class CrossContext:
         """This context's elements followed by ``other``'s (a CFG batch), or None when that cannot be expressed."""
         if self.n_live != self.shape[0]:
             return None  # zero elements must come last
-        tokens = torch.cat([self.tokens, other.tokens])
-        if other.n_live == 0:
-            return CrossContext(tokens, self.n_live, self.kv, other.const)
-        kv = None
-        if self.kv is not None and other.kv is not None:
+        tokens, kv = torch.cat([self.tokens, other.tokens]), self.kv
+        if other.n_live and (kv is None or other.kv is None):
+            kv = None
+        elif other.n_live:
             kv = tuple((torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])) for a, b in zip(self.kv, other.kv))
         return CrossContext(tokens, self.n_live + other.n_live, kv, other.const)
-
-
-def _batch(x: Tokens) -> int:
-    return x.batch_size if isinstance(x, SparseTensor) else int(x.shape[0])
 
 
 def modulate(h: Tokens, shift: Tensor, scale: Tensor) -> Tokens:
@@ -191,11 +184,8 @@ class CrossAttention(nn.Module):
         return k, v
 
     def zero_context_output(self) -> Tensor:
-        """Output ``[C]`` for an all-zero context, whatever the query (performance.md §4.1).
-
-        Every key is ``RMSNorm(bias_k)`` and every value ``bias_v``: the softmax is uniform, the attention returns
-        ``bias_v`` and the layer ``to_out(bias_v)``.
-        """
+        """Output ``[C]`` for an all-zero context, whatever the query (performance.md §4.1): every key is
+        ``RMSNorm(bias_k)`` and every value ``bias_v``, so the softmax is uniform and the output ``to_out(bias_v)``."""
         zeros = self.to_kv.weight.new_zeros(1, self.to_kv.in_features)
         v = self.to_kv(zeros).unflatten(-1, (2, self.num_heads, self.head_dim))[:, 1]  # [1, H, D]
         return self.to_out(v.flatten(-2))[0]
@@ -261,11 +251,10 @@ class ModulatedTransformerCrossBlock(nn.Module):
         h = modulate(self.norm3(x), shift_mlp, scale_mlp)
         return gate_residual(x, self.mlp(h), gate_mlp)
 
-
     def cross_residual(self, x: Tokens, context: Tensor | None, kv: tuple[Tensor, Tensor] | None,
                        const: Tensor | None, n_live: int | None) -> Tokens:
         """``x + CrossAttn(LN2(x))``; zero-context elements (from ``n_live`` on) add the constant instead."""
-        b = _batch(x)
+        b = x.batch_size if isinstance(x, SparseTensor) else x.shape[0]
         live = b if const is None or n_live is None else n_live
         if live >= b:
             return gate_residual(x, self.cross_attn(self.norm2(x), context, kv))
@@ -352,11 +341,9 @@ class FlowDiT(nn.Module):
         return self.adaLN_modulation(self.t_embedder(t)).to(self.trunk_dtype)
 
     def prepare_context(self, cond: Tensor, *, cache_kv: bool = True, zero_const: bool = False) -> CrossContext:
-        """Prepare a fixed context ``[B, M, Cc]`` for a whole sampling stage (performance.md §4.1).
-
-        ``cache_kv``: project every block's keys/values now. ``zero_const``: if ``cond`` is all zeros (the
-        unconditional branch), keep only each block's constant cross-attention output (costs one device sync).
-        """
+        """Prepare a fixed context ``[B, M, Cc]`` for a whole sampling stage (performance.md §4.1). ``cache_kv``:
+        project every block's K/V now; ``zero_const``: if ``cond`` is all zeros (the unconditional branch), keep
+        only each block's constant cross-attention output (one device sync)."""
         self._check_cond(cond)
         tokens = cond.to(self.trunk_dtype)
         if zero_const and not bool(cond.any()):
@@ -371,34 +358,25 @@ class FlowDiT(nn.Module):
 
     def run_trunk(self, h: Tokens, t: Tensor, cond: Tensor | CrossContext, rope: RopeTable | None,
                   fast: FastPathConfig | None = None) -> Tokens:
-        """Embedded tokens → all blocks → final non-affine LayerNorm (eps 1e-5) → output layer (§4.2).
-
-        ``cond`` may be a :class:`CrossContext` (see :meth:`prepare_context`); ``fast.compile_blocks`` compiles the
-        block on CUDA for dense tokens.
-        """
-        n = len(self.blocks)
-        kvs: tuple = (None,) * n
-        consts: tuple = (None,) * n
-        n_live = None
+        """Embedded tokens → all blocks → final non-affine LayerNorm (eps 1e-5) → output layer (§4.2). ``cond``
+        may be a :class:`CrossContext`; ``fast.compile_blocks`` compiles the block on CUDA for dense tokens."""
+        kvs, consts, n_live, tokens = (None,) * len(self.blocks), (None,) * len(self.blocks), None, cond
         if isinstance(cond, CrossContext):
             tokens = cond.tokens
-            mixed_sparse = isinstance(h, SparseTensor) and 0 < cond.n_live < _batch(h)
-            if cond.kv is not None and not mixed_sparse:
-                kvs = cond.kv
-            if cond.const is not None and not mixed_sparse:
-                consts, n_live = cond.const, cond.n_live
+            if not (isinstance(h, SparseTensor) and 0 < cond.n_live < h.batch_size):  # else: plain attention
+                kvs = cond.kv if cond.kv is not None else kvs
+                consts, n_live = (cond.const, cond.n_live) if cond.const is not None else (consts, None)
         else:
             self._check_cond(cond)
-            tokens = cond
         mod = self.time_modulation(t)
         dt = self.trunk_dtype
         h = _like(h, _feats(h).to(dt))
         tokens = tokens.to(dt)
-        step = _run_block
+        step = nn.Module.__call__
         if fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(h.device):
             step = self.__dict__.get("_compiled_block_step")
-            if step is None:  # one compiled callable per model; dynamo shares the graphs between blocks
-                step = torch.compile(_run_block, dynamic=True)
+            if step is None:  # one compiled callable per model; dynamo shares its graphs between the blocks
+                step = torch.compile(ModulatedTransformerCrossBlock.forward, dynamic=True)
                 self.__dict__["_compiled_block_step"] = step
         for block, kv, const in zip(self.blocks, kvs, consts):
             h = step(block, h, mod, tokens, rope, kv, const, n_live)
@@ -410,12 +388,6 @@ class FlowDiT(nn.Module):
         if t.dim() != 1 or t.shape[0] != batch or cond.shape[0] != batch:
             raise ValueError(f"{type(self).__name__}: input has batch {batch} but t is {list(t.shape)} and cond is "
                              f"{list(cond.shape)}; pass t [B] and cond [B, M, C]")
-
-
-def _run_block(block: ModulatedTransformerCrossBlock, h: Tokens, mod: Tensor, context: Tensor,
-               rope: RopeTable | None, kv: tuple[Tensor, Tensor] | None, const: Tensor | None,
-               n_live: int | None) -> Tokens:
-    return block(h, mod, context, rope, kv, const, n_live)
 
 
 def _apply_policy_on_load(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..config import FastPathConfig
 from ..loading import ModelStore, PipelineConfig, as_config, load_image_cond_model, resolve_pipeline_dir
 from ..preprocess import preprocess_image
 from .sampler import SamplerParams
@@ -102,21 +103,23 @@ class Pipeline:
 
     def run(self, image: Image.Image, *, seed: int = DEFAULT_SEED, pipeline_type: str | None = None,
             preprocess: bool = True, mask: Any = None, samplers: SamplerOverrides | None = None,
-            max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS, hooks: StageHooks = StageHooks()) -> PipelineResult:
+            max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS, hooks: StageHooks = StageHooks(),
+            fast: FastPathConfig | None = None) -> PipelineResult:
         """Official ``run``: preprocess (optional) → DINOv3 → :meth:`run_from_conditioning`."""
         ptype = self._type(pipeline_type)
         if preprocess:
             image = preprocess_image(image, mask)
         cond = self.condition(image, ptype)
         return self.run_from_conditioning(cond, seed=seed, pipeline_type=ptype, samplers=samplers,
-                                          max_num_tokens=max_num_tokens, hooks=hooks)
+                                          max_num_tokens=max_num_tokens, hooks=hooks, fast=fast)
 
     @torch.no_grad()
     def run_from_conditioning(self, cond: Conditioning, *, seed: int = DEFAULT_SEED,
                               pipeline_type: PipelineType | str | None = None,
                               samplers: SamplerOverrides | None = None,
                               max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS,
-                              hooks: StageHooks = StageHooks()) -> PipelineResult:
+                              hooks: StageHooks = StageHooks(),
+                              fast: FastPathConfig | None = None) -> PipelineResult:
         """Sampling and decoding from precomputed conditioning; noise order SS, shape (LR, HR), texture (§1.5)."""
         ptype = self._type(pipeline_type)
         samplers = samplers or SamplerOverrides()
@@ -125,20 +128,20 @@ class Pipeline:
         get = self.models
         structure = sample_structure(
             get("sparse_structure_flow_model"), get("sparse_structure_decoder"), cond.at(512),
-            self.sampler_params("sparse_structure", samplers.sparse_structure), ptype.ss_res, gen, hooks)
+            self.sampler_params("sparse_structure", samplers.sparse_structure), ptype.ss_res, gen, hooks, fast=fast)
         shape_params = self.sampler_params("shape_slat", samplers.shape_slat)
         shape_norm = self.config.normalization("shape_slat")
         if ptype.cascade:
             shape = sample_shape_cascade(
                 get("shape_slat_flow_model_512"), get("shape_slat_flow_model_1024"), get("shape_slat_decoder"),
                 cond.at(512), cond.at(1024), structure.coords, shape_params, shape_norm, ptype.resolution, gen,
-                max_num_tokens, hooks)
+                max_num_tokens, hooks, fast=fast)
         else:
             shape = sample_shape(get(ptype.shape_model), cond.at(ptype.cond_resolution), structure.coords,
-                                 shape_params, shape_norm, ptype.resolution, gen, hooks)
+                                 shape_params, shape_norm, ptype.resolution, gen, hooks, fast=fast)
         material = sample_material(
             get(ptype.tex_model), cond.at(ptype.cond_resolution), shape.slat,
             self.sampler_params("tex_slat", samplers.tex_slat), shape_norm, self.config.normalization("tex_slat"),
-            gen, hooks)
+            gen, hooks, fast=fast)
         decoded = decode(get("shape_slat_decoder"), get("tex_slat_decoder"), shape.slat, material.slat, shape.res)
         return PipelineResult(ptype, int(seed), cond, structure, shape, material, decoded)

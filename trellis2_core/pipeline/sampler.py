@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Union
 
@@ -151,6 +152,54 @@ def _sample_std(x: Latent) -> Tensor:
     return std if x.batch_size == 1 else x.broadcast_batch(std)
 
 
+class _Graphed:
+    """Replays ``model(x, t, cond, **extra)`` from CUDA graphs, one per call signature (``FastPathConfig.cuda_graphs``).
+
+    The first call of a signature runs eagerly on a side stream (compiling and filling every derived cache), then
+    the same call is captured on static copies of ``x``, ``t`` and the tensor extras; later calls copy their inputs
+    in and replay. Within one sampling stage the voxels, the conditioning objects and the shapes never change.
+    """
+
+    def __init__(self, model: ModelFn) -> None:
+        self.model = model
+        self.entries: dict[Any, Any] = {}
+
+    def __call__(self, key: Any, x: Latent, t_model: Tensor, cond: Any, extra: dict[str, Any]) -> Tensor:
+        entry = self.entries.get(key)
+        if entry is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = _feats(self.model(x, t_model, cond, **extra))
+            torch.cuda.current_stream().wait_stream(side)
+            self.entries[key] = self._capture(x, t_model, cond, extra)
+            return out
+        if entry is False:
+            return _feats(self.model(x, t_model, cond, **extra))
+        graph, statics, out = entry
+        for dst, src in zip(statics, [_feats(x), t_model] + [_feats(v) for v in extra.values() if _is_tensor(v)]):
+            dst.copy_(src)
+        graph.replay()
+        return out.clone()
+
+    def _capture(self, x: Latent, t_model: Tensor, cond: Any, extra: dict[str, Any]) -> Any:
+        sx, st = _like(x, _feats(x).clone()), t_model.clone()
+        sextra = {k: _like(v, _feats(v).clone()) if _is_tensor(v) else v for k, v in extra.items()}
+        statics = [_feats(sx), st] + [_feats(v) for v in sextra.values() if _is_tensor(v)]
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                out = _feats(self.model(sx, st, cond, **sextra))
+        except RuntimeError as err:  # an op that cannot be captured: stay eager for this signature
+            warnings.warn(f"CUDA graph capture failed, running eagerly: {err}", RuntimeWarning, stacklevel=3)
+            return False
+        return graph, statics, out
+
+
+def _is_tensor(v: Any) -> bool:
+    return isinstance(v, (Tensor, SparseTensor))
+
+
 class _Guided:
     """Evaluates the (guided) velocity at one time, optionally recording each model call."""
 
@@ -161,6 +210,7 @@ class _Guided:
         if fast is not None:
             self.extra["fast"] = fast
         self.batch_cfg = fast is not None and fast.batch_cfg
+        self.graphs = _Graphed(model) if fast is not None and fast.cuda_graphs else None
         self._pair_cond: Any = None
         self._templates: dict[int, tuple[Tensor, SparseTensor]] = {}  # id(coords) -> (coords, paired voxels)
 
@@ -171,7 +221,12 @@ class _Guided:
             cond = cond.expand(b, *cond.shape[1:])
         if self.calls is not None:
             self.calls.append(ModelCall(float(t_model[0]), branch))
-        return _feats(self.model(x, t_model, cond, **self.extra))
+        return self._run(("single", branch), x, t_model, cond, self.extra)
+
+    def _run(self, key: Any, x: Latent, t_model: Tensor, cond: Any, extra: dict[str, Any]) -> Tensor:
+        if self.graphs is not None and _feats(x).is_cuda:
+            return self.graphs(key, x, t_model, cond, extra)
+        return _feats(self.model(x, t_model, cond, **extra))
 
     def _pair(self, x: Any) -> Any:
         """``x`` twice along the batch (a SparseTensor gets batch ids ``B..2B-1`` for the copy; cached voxels)."""
@@ -210,7 +265,7 @@ class _Guided:
         extra = {k: self._pair(v) for k, v in self.extra.items()}
         if self.calls is not None:
             self.calls += [ModelCall(float(t_model[0]), 1), ModelCall(float(t_model[0]), 0)]
-        v = _feats(self.model(self._pair(x), t_model, cond, **extra))
+        v = self._run(("pair",), self._pair(x), t_model, cond, extra)
         n = v.shape[0] // 2
         return v[:n], v[n:]
 

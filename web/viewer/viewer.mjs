@@ -237,12 +237,13 @@ export function createPreview(container) {
   container.classList.add("trellis2-preview");
   const style = document.createElement("style");
   style.textContent = `
-    .trellis2-preview { display: flex; flex-direction: column; gap: 4px; font: 12px sans-serif; color: #ddd; }
-    .trellis2-preview .t2-view { position: relative; flex: 1 1 auto; min-height: 160px; border-radius: 4px;
+    .trellis2-preview { display: flex; flex-direction: column; gap: 4px; font: 12px sans-serif; color: #ddd;
+      box-sizing: border-box; overflow: hidden; }
+    .trellis2-preview .t2-view { position: relative; flex: 1 1 auto; min-height: 120px; border-radius: 4px;
       overflow: hidden; background: #30343a; }
     .trellis2-preview .t2-stats { position: absolute; left: 6px; bottom: 4px; pointer-events: none;
       text-shadow: 0 0 3px #000; }
-    .trellis2-preview .t2-bar { display: flex; flex-wrap: wrap; gap: 3px; }
+    .trellis2-preview .t2-bar { display: flex; flex-wrap: wrap; gap: 3px; flex: 0 0 auto; }
     .trellis2-preview button, .trellis2-preview a.t2-btn { background: #3a3f46; color: #ddd; border: 1px solid #555;
       border-radius: 3px; padding: 2px 6px; cursor: pointer; font: inherit; text-decoration: none; }
     .trellis2-preview button.on { background: #4a78c2; border-color: #6a98e2; color: #fff; }
@@ -256,7 +257,7 @@ export function createPreview(container) {
   view.appendChild(stats);
   const bar = document.createElement("div");
   bar.className = "t2-bar";
-  container.append(view, bar);
+  container.append(bar, view);  // toolbar first: a short node shrinks the picture, never hides the buttons
 
   const viewer = createViewer(view, {
     onStats: ({ faces, vertices }) => {

@@ -1,0 +1,189 @@
+"""Real ComfyUI: the pack loads, every shipped workflow runs through ``/prompt`` to a GLB in ``output/``, Cancel
+leaves no partial GLB, cached re-runs stay correct, and headless Chromium shows our widget rendering the result.
+
+Runs only when ``$COMFYUI_DIR`` points to a ComfyUI checkout with its dependencies and this pack's requirements
+installed (``server.py`` explains the set-up; nothing in that folder is modified). The workflows run as shipped
+(tiny golden pipeline in place of TRELLIS.2-4B, 1024_cascade, 12 steps, 2048² textures), except the SDXL picture,
+which is sampled at 256×256 with 4 steps from a tiny random SDXL-format checkpoint (a CPU cannot sample a
+1024² SDXL image in reasonable time). ``TRELLIS2_COMFY_FAST=1`` also shrinks the TRELLIS.2 settings.
+Screenshots go to ``tests/web/artifacts/`` (git-ignored) or ``$TRELLIS2_ARTIFACTS``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from nodes import NODE_CLASS_MAPPINGS
+from tests.web.cdp import Browser, chromium_path
+from tests.workflows.graph import ui_to_api
+from tests.workflows.test_workflow_files import FILES, schemas
+from tests.workflows.test_workflow_run import check_glb
+
+pytestmark = pytest.mark.comfyui
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = {"steps": 1, "resolution": "512", "texture_size": 512, "target_faces": 20000}
+SDXL = {"EmptyLatentImage": {"width": 256, "height": 256}, "KSampler": {"steps": 4}}
+
+
+def artifacts_dir() -> Path:
+    out = Path(os.environ.get("TRELLIS2_ARTIFACTS") or ROOT / "tests" / "web" / "artifacts")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    comfy_dir = os.environ.get("COMFYUI_DIR")
+    if not comfy_dir:
+        pytest.skip("set COMFYUI_DIR to a ComfyUI checkout to run the real-ComfyUI tests")
+    from tests.comfyui.server import ComfyServer
+
+    server = ComfyServer(Path(comfy_dir).resolve(), tmp_path_factory.mktemp("comfy") / "base")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def page(comfy):
+    """The ComfyUI frontend in headless Chromium (None without Chromium: conversions fall back to Python)."""
+    if chromium_path() is None:
+        yield None
+        return
+    with Browser(width=1600, height=1000, timeout=120) as browser:
+        browser.navigate(comfy.url + "/")
+        browser.wait_for("!!(window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app.graph)")
+        time.sleep(2)
+        yield browser
+
+
+def to_api(page, ui: dict) -> dict:
+    """UI → API with the real frontend (``app.graphToPrompt``, i.e. what Queue sends), checked against ours."""
+    ours = ui_to_api(ui, schemas())
+    if page is None:
+        return ours
+    theirs = page.evaluate("(async () => { const app = window.comfyAPI.app.app; await app.loadGraphData(%s); "
+                           "return (await app.graphToPrompt()).output; })()" % json.dumps(ui))
+    assert set(theirs) == set(ours)
+    for nid, node in theirs.items():
+        extra = set(node["inputs"]) - set(ours[nid]["inputs"])
+        assert extra <= {"upload", "image"}, f"frontend sent unknown inputs {extra} for {node['class_type']}"
+        assert {k: v for k, v in node["inputs"].items() if k not in extra} == ours[nid]["inputs"]
+    return theirs
+
+
+def adjust(prompt: dict) -> dict:
+    prompt = json.loads(json.dumps(prompt))
+    fast = os.environ.get("TRELLIS2_COMFY_FAST") == "1"
+    for node in prompt.values():
+        node["inputs"].update(SDXL.get(node["class_type"], {}))
+        if fast and node["class_type"].startswith("Trellis2"):
+            for k, v in FAST.items():
+                if k in node["inputs"] and not isinstance(node["inputs"][k], list):
+                    node["inputs"][k] = v
+    return prompt
+
+
+def glbs(comfy) -> set[Path]:
+    return {p for p in (comfy.base / "output").rglob("*") if p.suffix in (".glb", ".part")}
+
+
+def test_pack_loads_with_nodes_widget_and_templates(comfy):
+    info = comfy.get("/object_info")
+    assert set(NODE_CLASS_MAPPINGS) <= set(info)
+    assert all(info[k]["category"].startswith("TRELLIS.2") for k in NODE_CLASS_MAPPINGS)
+    assert "TRELLIS.2-4B" in info["Trellis2LoadModel"]["input"]["required"]["source"][0]
+    assert f"/extensions/{comfy.pack_name}/trellis2_preview.js" in comfy.get("/extensions")
+    for rel in ("viewer/viewer.mjs", "vendor/three.module.min.mjs"):
+        status, ctype, _ = comfy.get(f"/extensions/{comfy.pack_name}/{rel}", raw=True)
+        assert status == 200 and "javascript" in ctype, (rel, ctype)
+    templates = comfy.get("/api/workflow_templates")
+    assert sorted(templates[comfy.pack_name]) == sorted(p.stem for p in FILES)
+    status, _, body = comfy.get(f"/api/workflow_templates/{comfy.pack_name}/trellis2_simple.json", raw=True)
+    assert status == 200 and json.loads(body)["nodes"]
+    assert comfy.get("/models/trellis2") is not None
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_workflow_runs_through_prompt_to_a_glb(comfy, page, path):
+    ui = json.loads(path.read_text())
+    before = glbs(comfy)
+    started = time.time()
+    entry = comfy.wait(comfy.queue(adjust(to_api(page, ui)), ui))
+    errors = [m for kind, m in entry["status"]["messages"] if kind == "execution_error"]
+    assert entry["status"]["status_str"] == "success", f"{path.stem} failed: {errors}\n{comfy.log()[-3000:]}"
+    files = [f for out in entry["outputs"].values() for f in out.get("trellis2_glb", [])]
+    assert len(files) == 1
+    rel = Path(files[0]["subfolder"]) / files[0]["filename"]
+    new = glbs(comfy) - before
+    expected = {comfy.base / "output" / rel}
+    if path.stem == "trellis2_staged":  # core SaveGLB on our core MESH output writes its own (untextured) GLB
+        core = [p for p in new if p.name.startswith("core_")]
+        assert len(core) == 1 and core[0].read_bytes()[:4] == b"glTF"
+        expected |= set(core)
+    assert new == expected
+    check_glb(comfy.base / "output" / rel)
+    status, ctype, body = comfy.get(f"/view?filename={files[0]['filename']}&subfolder={files[0]['subfolder']}"
+                                    "&type=output", raw=True)
+    assert status == 200 and body[:4] == b"glTF"
+    print(f"{path.stem}: {rel} in {time.time() - started:.0f} s")
+
+
+def test_changing_export_settings_reuses_every_cached_stage(comfy, page):
+    path = next(p for p in FILES if p.stem == "trellis2_staged")
+    prompt = adjust(to_api(page, json.loads(path.read_text())))
+    comfy.wait(comfy.queue(prompt))  # cached already when the workflow test ran first
+    export_id = next(k for k, v in prompt.items() if v["class_type"] == "Trellis2ExportGLB")
+    prompt[export_id]["inputs"]["alpha_mode"] = "BLEND"
+    entry = comfy.wait(comfy.queue(prompt))
+    assert entry["status"]["status_str"] == "success"
+    cached = next(m["nodes"] for kind, m in entry["status"]["messages"] if kind == "execution_cached")
+    assert set(cached) == set(prompt) - {export_id}
+
+
+def test_cancel_leaves_no_partial_glb(comfy, page):
+    path = next(p for p in FILES if p.stem == "trellis2_simple")
+    prompt = adjust(to_api(page, json.loads(path.read_text())))
+    gen = next(k for k, v in prompt.items() if v["class_type"] == "Trellis2ImageTo3D")
+    prompt[gen]["inputs"]["seed"] = 1234  # not cached
+    before = glbs(comfy)
+    pid = comfy.queue(prompt)
+    deadline = time.time() + 120
+    while not comfy.get("/queue")["queue_running"] and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(4)
+    comfy.post("/interrupt", {})
+    entry = comfy.wait(pid)
+    kinds = [kind for kind, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, kinds
+    time.sleep(1)
+    assert glbs(comfy) == before, "an interrupted run must not leave a GLB or a partial file"
+
+
+def test_widget_renders_in_comfyui(comfy, page):
+    if page is None:
+        pytest.skip("Chromium is not installed")
+    ui = json.loads(next(p for p in FILES if p.stem == "trellis2_simple").read_text())
+    page.navigate(comfy.url + "/")
+    page.wait_for("!!(window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app.graph)")
+    time.sleep(2)
+    page.evaluate("window.comfyAPI.app.app.loadGraphData(%s)" % json.dumps(ui))
+    page.evaluate("window.comfyAPI.app.app.queuePrompt(0, 1)")
+    text = page.wait_for("(() => { const t = [...document.querySelectorAll('.t2-stats')].map(e => e.textContent)"
+                         ".join(' '); return t.includes('faces') ? t : null })()", timeout=3600)
+    page.evaluate("(() => { const app = window.comfyAPI.app.app; const n = app.graph._nodes.find("
+                  "x => x.type === 'Trellis2ImageTo3D'); app.canvas.ds.scale = 0.9; app.canvas.centerOnNode(n); "
+                  "app.canvas.setDirty(true, true); return true })()")
+    time.sleep(3)
+    shot = page.screenshot(artifacts_dir() / "comfyui_widget.png")
+    page.evaluate("(() => { for (const k of ['normals', 'wireframe']) document.querySelector("
+                  "`.trellis2-preview button[data-key=${k}]`).click(); return true })()")
+    time.sleep(2)
+    page.screenshot(artifacts_dir() / "comfyui_widget_normals.png")
+    ours = [c for c in page.console if "trellis2" in c.lower() and ("error" in c.lower() or "exception" in c)]
+    assert not ours, ours
+    assert "faces" in text and shot.stat().st_size > 10_000

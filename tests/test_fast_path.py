@@ -1,0 +1,216 @@
+"""Fast-path switches (``trellis2_core.config.FastPathConfig``) against the reference path, on the CPU.
+
+Every switch must give the same final latents as the plain path on the same noise (cosine ≥ 0.999, and in float32
+agreement to rounding). The tiny golden models are used (float32); CUDA-only switches (compile, CUDA graphs, the
+SDPA kernel choice) must be exact no-ops on the CPU, and the compiled block is checked with dynamo's eager backend.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from trellis2_core.config import FastPathConfig
+from trellis2_core.loading.config import Normalization
+from trellis2_core.models import model_class
+from trellis2_core.models.blocks import CrossContext
+from trellis2_core.pipeline.sampler import SamplerParams, sample_flow_euler
+from trellis2_core.pipeline.stages import sample_material, sample_shape, sample_structure
+from trellis2_core.sparse import SparseTensor
+
+GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+PIPELINE = GOLDEN / "tiny-pipeline"
+SS = SamplerParams(12, 7.5, 0.7, (0.6, 1.0), 5.0)
+SHAPE = SamplerParams(12, 7.5, 0.5, (0.6, 1.0), 3.0)
+TEX = SamplerParams(12, 1.0, 0.0, (0.6, 0.9), 3.0)
+NORM = Normalization((0.1,) * 32, (2.0,) * 32)
+
+SWITCHES = {
+    "cache_cross_kv": FastPathConfig(cache_cross_kv=True),
+    "skip_uncond_cross_attn": FastPathConfig(skip_uncond_cross_attn=True),
+    "batch_cfg": FastPathConfig(batch_cfg=True),
+    "dense_tokens": FastPathConfig(dense_tokens=True),
+    "skip+batch (sparse, no dense view)": FastPathConfig(skip_uncond_cross_attn=True, batch_cfg=True),
+    "compile_blocks (CPU: off)": FastPathConfig(compile_blocks=True),
+    "cuda_graphs (CPU: off)": FastPathConfig(cuda_graphs=True),
+    "attention_kernel (CPU: off)": FastPathConfig(attention_kernel="flash"),
+    "all (fast)": FastPathConfig.fast(),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _model(key: str) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    if not (PIPELINE / "pipeline.json").is_file():
+        pytest.skip(f"golden tiny pipeline not found at {PIPELINE}")
+    base = PIPELINE / json.loads((PIPELINE / "pipeline.json").read_text())["args"]["models"][key]
+    cfg = json.loads(base.with_suffix(".json").read_text())
+    with torch.device("meta"):
+        model = model_class(cfg["name"])(**cfg["args"])
+    model.load_state_dict(load_file(str(base.with_suffix(".safetensors"))), strict=True, assign=True)
+    return model.eval()
+
+
+def _cond(m: int = 20, seed: int = 0) -> torch.Tensor:
+    return torch.randn(1, m, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _coords(n: int = 250, res: int = 32, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    xyz = torch.unique(torch.randint(0, res, (n, 3), generator=g), dim=0)
+    return torch.cat([torch.zeros_like(xyz[:, :1]), xyz], dim=1).to(torch.int32)
+
+
+def _check(ref: torch.Tensor, out: torch.Tensor, what: str) -> None:
+    a, b = ref.double().flatten(), out.double().flatten()
+    cos = float(a @ b / (a.norm() * b.norm()))
+    assert cos >= 0.999, f"{what}: cosine {cos}"
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4, msg=lambda m: f"{what}: {m}")
+
+
+@functools.lru_cache(maxsize=None)
+def _run_structure(fast: FastPathConfig | None) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(3)
+    st = sample_structure(_model("sparse_structure_flow_model"), _model("sparse_structure_decoder"), _cond(), SS, 32,
+                          gen, fast=fast)
+    return st.latent
+
+
+@functools.lru_cache(maxsize=None)
+def _run_shape_and_tex(fast: FastPathConfig | None) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(4)
+    shape = sample_shape(_model("shape_slat_flow_model_512"), _cond(), _coords(), SHAPE, NORM, 512, gen, fast=fast)
+    mat = sample_material(_model("tex_slat_flow_model_512"), _cond(), shape.slat, TEX, NORM, NORM, gen, fast=fast)
+    return shape.slat.feats, mat.slat.feats
+
+
+@pytest.mark.parametrize("name", list(SWITCHES))
+def test_switch_matches_reference_dense_structure(name):
+    _check(_run_structure(None), _run_structure(SWITCHES[name]), f"SS latent with {name}")
+
+
+@pytest.mark.parametrize("name", list(SWITCHES))
+def test_switch_matches_reference_sparse_shape_and_texture(name):
+    ref_shape, ref_tex = _run_shape_and_tex(None)
+    shape, tex = _run_shape_and_tex(SWITCHES[name])
+    _check(ref_shape, shape, f"shape latent with {name}")
+    _check(ref_tex, tex, f"texture latent with {name}")
+
+
+def test_zero_context_constant_equals_cross_attention_on_zeros():
+    model = _model("shape_slat_flow_model_512")
+    block = model.blocks[1]
+    x = torch.randn(2, 17, model.model_channels)
+    zeros = torch.zeros(2, 9, model.cond_channels)
+    with torch.no_grad():
+        full = block.cross_attn(block.norm2(x), zeros)
+        const = block.cross_attn.zero_context_output()
+    torch.testing.assert_close(full, const.expand_as(full), atol=1e-5, rtol=1e-5)
+
+
+def test_prepare_context_kinds_and_pairing():
+    model = _model("shape_slat_flow_model_512")
+    with torch.no_grad():
+        live = model.prepare_context(_cond(), cache_kv=True)
+        zero = model.prepare_context(torch.zeros(1, 20, 32), zero_const=True)
+        nonzero = model.prepare_context(_cond(), zero_const=True, cache_kv=False)
+    assert live.n_live == 1 and live.kv is not None and len(live.kv) == len(model.blocks) and live.const is None
+    assert zero.n_live == 0 and zero.kv is None and len(zero.const) == len(model.blocks)
+    assert nonzero.n_live == 1 and nonzero.kv is None and nonzero.const is None  # not all zero: no shortcut
+    pair = live.pair(zero)
+    assert pair.shape[0] == 2 and pair.n_live == 1 and pair.kv is live.kv and pair.const is zero.const
+    assert zero.pair(live) is None  # zero-context elements must come last
+    both = live.pair(live)
+    assert both.n_live == 2 and both.kv[0][0].shape[0] == 2
+
+
+def test_batched_cfg_records_the_official_call_sequence():
+    model = _model("sparse_structure_flow_model")
+    noise = torch.randn(1, 8, 16, 16, 16, generator=torch.Generator().manual_seed(5))
+    cond = _cond()
+    with torch.no_grad():
+        ref = sample_flow_euler(model, noise, cond, torch.zeros_like(cond), SS, record_calls=True)
+        out = sample_flow_euler(model, noise, cond, torch.zeros_like(cond), SS, record_calls=True,
+                                fast=FastPathConfig(batch_cfg=True))
+    assert out.calls == ref.calls and len(ref.calls) == 22  # §1.4: 10 CFG steps + 2 plain
+    _check(ref.samples, out.samples, "SS sampler with batch_cfg")
+
+
+def test_dense_view_only_for_equal_voxel_sets():
+    """Two samples on different voxels have no dense view: the sparse path runs, results unchanged."""
+    model = _model("shape_slat_flow_model_512")
+    a, b = _coords(120, seed=7), _coords(120, seed=8)
+    n = min(a.shape[0], b.shape[0])
+    b = b[:n].clone()
+    b[:, 0] = 1
+    coords = torch.cat([a[:n], b])
+    x = SparseTensor(torch.randn(coords.shape[0], 32, generator=torch.Generator().manual_seed(9)), coords)
+    t, cond = torch.tensor([700.0, 700.0]), _cond().expand(2, -1, -1)
+    with torch.no_grad():
+        ref = model(x, t, cond)
+        out = model(x, t, cond, fast=FastPathConfig(dense_tokens=True))
+    assert x.cache.get_or_create("dense_view", lambda: None) is False
+    torch.testing.assert_close(out.feats, ref.feats)
+
+
+def test_cuda_only_switches_are_off_on_cpu(monkeypatch):
+    cpu = torch.device("cpu")
+    fast = FastPathConfig.fast()
+    assert not fast.compile_on(cpu) and not dataclasses.replace(fast, cuda_graphs=True).graphs_on(cpu)
+    assert fast.compile_on(torch.device("cuda"))
+    with fast.attention_context(cpu):
+        pass
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("torch.compile must not be called off CUDA")
+
+    monkeypatch.setattr(torch, "compile", no_compile)
+    model = _model("sparse_structure_flow_model")
+    x = torch.randn(1, 8, 16, 16, 16)
+    with torch.no_grad():
+        model(x, torch.tensor([500.0]), _cond(), fast=fast)
+
+
+def test_unknown_attention_kernel_is_rejected():
+    with pytest.raises(ValueError, match="attention_kernel"):
+        FastPathConfig(attention_kernel="fa3")
+
+
+class _CompileEverywhere(FastPathConfig):
+    """Test double: compile on any device (the library compiles on CUDA only)."""
+
+    def compile_on(self, device: torch.device) -> bool:
+        return self.compile_blocks
+
+
+def test_compiled_block_matches_eager(monkeypatch):
+    """The compiled block path (dynamo tracing, eager backend) gives the eager results, dense and sparse, B=1 and the
+    batched CFG pair with a zero-context constant."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", functools.partial(real_compile, backend="eager"))
+    fast = _CompileEverywhere(cache_cross_kv=True, skip_uncond_cross_attn=True, compile_blocks=True)
+    cond = _cond()
+    g = torch.Generator().manual_seed(11)
+    ss, shape = _model("sparse_structure_flow_model"), _model("shape_slat_flow_model_512")
+    coords = _coords(200)
+    xs = SparseTensor(torch.randn(coords.shape[0], 32, generator=g), coords)
+    pair_coords = torch.cat([coords, coords + torch.tensor([1, 0, 0, 0], dtype=torch.int32)])
+    xs2 = SparseTensor(torch.cat([xs.feats, xs.feats]), pair_coords)
+    xd = torch.randn(1, 8, 16, 16, 16, generator=g)
+    t1, t2 = torch.tensor([800.0]), torch.tensor([800.0, 800.0])
+    with torch.no_grad():
+        for model, x, x2 in ((ss, xd, torch.cat([xd, xd])), (shape, xs, xs2)):
+            live = model.prepare_context(cond, cache_kv=True)
+            pair = live.pair(model.prepare_context(torch.zeros_like(cond), zero_const=True))
+            ref1 = model(x, t1, cond)
+            ref2 = model(x2, t2, torch.cat([cond, torch.zeros_like(cond)]))
+            out1, out2 = model(x, t1, live, fast=fast), model(x2, t2, pair, fast=fast)
+            f = (lambda v: v.feats) if isinstance(x, SparseTensor) else (lambda v: v)
+            torch.testing.assert_close(f(out1), f(ref1), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(f(out2), f(ref2), atol=1e-4, rtol=1e-4)
+    assert isinstance(pair, CrossContext)
