@@ -159,7 +159,8 @@ def _no_alpha_message(image: Image.Image) -> str:
     """Actionable error for an image without a usable alpha channel and no mask."""
     base = (
         f"the image (mode {image.mode!r}) has no transparency marking the background, and automatic background "
-        "removal is not available yet; pass a foreground mask, or an RGBA image whose background is transparent"
+        "removal was not requested here; pass a foreground mask, an RGBA image whose background is transparent, "
+        "or use trellis2_core.preprocess.prepare_image(..., background='model') to run a matting model"
     )
     if image.mode == "RGBA":
         return base + " (this RGBA image is fully opaque)"
