@@ -16,7 +16,7 @@ import torch
 
 from trellis2_core.config import FastPathConfig
 from trellis2_core.loading.config import Normalization
-from trellis2_core.models import model_class
+from trellis2_core.loading import load_model
 from trellis2_core.models.blocks import CrossContext
 from trellis2_core.pipeline.sampler import SamplerParams, sample_flow_euler
 from trellis2_core.pipeline.stages import sample_material, sample_shape, sample_structure
@@ -44,16 +44,9 @@ SWITCHES = {
 
 @functools.lru_cache(maxsize=None)
 def _model(key: str) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
     if not (PIPELINE / "pipeline.json").is_file():
         pytest.skip(f"golden tiny pipeline not found at {PIPELINE}")
-    base = PIPELINE / json.loads((PIPELINE / "pipeline.json").read_text())["args"]["models"][key]
-    cfg = json.loads(base.with_suffix(".json").read_text())
-    with torch.device("meta"):
-        model = model_class(cfg["name"])(**cfg["args"])
-    model.load_state_dict(load_file(str(base.with_suffix(".safetensors"))), strict=True, assign=True)
-    return model.eval()
+    return load_model(PIPELINE, key)
 
 
 def _cond(m: int = 20, seed: int = 0) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from trellis2_core.conformance.case import load_case
 from trellis2_core.conformance.cases_dit import run_dit_dense, run_dit_sparse
+from trellis2_core.loading import load_model
 from trellis2_core.models import model_class
 from trellis2_core.models.blocks import MultiHeadRMSNorm, timestep_embedding
 from trellis2_core.sparse import SparseTensor
@@ -36,15 +37,7 @@ def _ckpt(key: str) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _model(key: str, dtype: str | None = None) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
-    base = _ckpt(key)
-    cfg = json.loads(base.with_suffix(".json").read_text())
-    args = dict(cfg["args"], **({"dtype": dtype} if dtype else {}))
-    with torch.device("meta"):
-        model = model_class(cfg["name"])(**args)
-    model.load_state_dict(load_file(str(base.with_suffix(".safetensors"))), strict=True, assign=True)
-    return model.eval()
+    return load_model(PIPELINE, key, dtype_override=dtype)
 
 
 def _check(case, out: dict[str, torch.Tensor]) -> None:

@@ -6,24 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from trellis2_core.conformance.case import load_case
 from trellis2_core.conformance.cases_decoders import run_cascade
-from trellis2_core.models import model_class
+from trellis2_core.loading import load_model
 from trellis2_core.pipeline.cascade import cascade_hr_coords, hr_coords_from_lr, quantize_coords
 from trellis2_core.sparse import SparseTensor
 
 GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "golden"
-
-
-def _load_model(pipeline_dir: Path, key: str) -> torch.nn.Module:
-    rel = json.loads((pipeline_dir / "pipeline.json").read_text())["args"]["models"][key]
-    cfg = json.loads((pipeline_dir / f"{rel}.json").read_text())
-    with torch.device("meta"):
-        model = model_class(cfg["name"])(**cfg["args"])
-    model.load_state_dict(load_file(str(pipeline_dir / f"{rel}.safetensors")), strict=True, assign=True)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +21,7 @@ def cascade_case():
     if not (GOLDEN / "index.json").is_file():
         pytest.skip(f"golden cases not found at {GOLDEN}")
     return load_case(GOLDEN, "cascade_upsample", "cascade",
-                     model=lambda key: _load_model(GOLDEN / "tiny-pipeline", key))
+                     model=lambda key: load_model(GOLDEN / "tiny-pipeline", key))
 
 
 def test_golden_cascade_upsample_and_every_subcase(cascade_case):

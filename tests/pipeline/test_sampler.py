@@ -11,7 +11,7 @@ import torch
 from trellis2_core.conformance.case import load_case
 from trellis2_core.conformance.cases_dit import run_sampler
 from trellis2_core.errors import CancelledError, InputError
-from trellis2_core.models import model_class
+from trellis2_core.loading import load_model
 from trellis2_core.pipeline.sampler import SamplerParams, _sample_std, sample_flow_euler, timestep_pairs
 from trellis2_core.sparse import SparseTensor
 
@@ -22,14 +22,7 @@ SAMPLER_CASES = ["sampler_ss", "sampler_shape", "sampler_tex", "sampler_shape_cf
 
 @functools.lru_cache(maxsize=None)
 def _model(key: str) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
-    base = PIPELINE / json.loads((PIPELINE / "pipeline.json").read_text())["args"]["models"][key]
-    cfg = json.loads(base.with_suffix(".json").read_text())
-    with torch.device("meta"):
-        model = model_class(cfg["name"])(**cfg["args"])
-    model.load_state_dict(load_file(str(base.with_suffix(".safetensors"))), strict=True, assign=True)
-    return model.eval()
+    return load_model(PIPELINE, key)
 
 
 @pytest.mark.parametrize("name", SAMPLER_CASES)
