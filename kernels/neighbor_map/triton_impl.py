@@ -35,15 +35,22 @@ def _key_of(b, x, y, z, sx, sy, sz):
 
 
 @triton.jit
+def _shifted_coords(coords_ptr, r64, live, lo_b, lo_x, lo_y, lo_z):
+    # Row coordinates as int64, batch shifted to 0 and x/y/z to 1 (so the -1 neighbour offset stays >= 0).
+    b = tl.load(coords_ptr + r64 * 4 + 0, mask=live, other=0).to(tl.int64) - lo_b
+    x = tl.load(coords_ptr + r64 * 4 + 1, mask=live, other=0).to(tl.int64) - lo_x + 1
+    y = tl.load(coords_ptr + r64 * 4 + 2, mask=live, other=0).to(tl.int64) - lo_y + 1
+    z = tl.load(coords_ptr + r64 * 4 + 3, mask=live, other=0).to(tl.int64) - lo_z + 1
+    return b, x, y, z
+
+
+@triton.jit
 def _insert_kernel(coords_ptr, table_ptr, n, capacity, lo_b, lo_x, lo_y, lo_z, sx, sy, sz,
                    BLOCK: tl.constexpr):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = rows < n
     r64 = rows.to(tl.int64)
-    b = tl.load(coords_ptr + r64 * 4 + 0, mask=live, other=0).to(tl.int64) - lo_b
-    x = tl.load(coords_ptr + r64 * 4 + 1, mask=live, other=0).to(tl.int64) - lo_x + 1
-    y = tl.load(coords_ptr + r64 * 4 + 2, mask=live, other=0).to(tl.int64) - lo_y + 1
-    z = tl.load(coords_ptr + r64 * 4 + 3, mask=live, other=0).to(tl.int64) - lo_z + 1
+    b, x, y, z = _shifted_coords(coords_ptr, r64, live, lo_b, lo_x, lo_y, lo_z)
     key = _key_of(b, x, y, z, sx, sy, sz)
     entry = (key << 32) | r64
     slot = _slot_of(key, capacity)
@@ -65,10 +72,7 @@ def _lookup_kernel(coords_ptr, table_ptr, nbr_ptr, n, capacity, lo_b, lo_x, lo_y
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = rows < n
     r64 = rows.to(tl.int64)
-    b = tl.load(coords_ptr + r64 * 4 + 0, mask=live, other=0).to(tl.int64) - lo_b
-    x = tl.load(coords_ptr + r64 * 4 + 1, mask=live, other=0).to(tl.int64) - lo_x + 1
-    y = tl.load(coords_ptr + r64 * 4 + 2, mask=live, other=0).to(tl.int64) - lo_y + 1
-    z = tl.load(coords_ptr + r64 * 4 + 3, mask=live, other=0).to(tl.int64) - lo_z + 1
+    b, x, y, z = _shifted_coords(coords_ptr, r64, live, lo_b, lo_x, lo_y, lo_z)
     v = tl.arange(0, 32)
     dx = v // 9 - 1
     dy = (v // 3) % 3 - 1
