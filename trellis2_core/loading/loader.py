@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import WeightsError
 from ..models import model_class
 from .config import PIPELINE_JSON, PipelineConfig
+from .residency import Residency
 from .safetensors_io import read_strict
 from .sources import resolve_model_files, resolve_model_folder
 
@@ -132,35 +133,54 @@ def load_image_cond_model(pipeline_dir_or_config: str | Path | PipelineConfig, *
 
 
 class ModelStore:
-    """Pipeline models loaded lazily on first use, kept by key until released (no global state)."""
+    """Pipeline models loaded lazily on first use, kept by key until released (no global state).
+
+    ``vram_preset`` ('high', 'medium', 'low', 'auto'; see :mod:`.residency`) decides where the weights live
+    between uses: under 'medium'/'low' models are loaded into host memory and the stage functions bring them to
+    ``device`` only while they run.
+    """
 
     def __init__(self, pipeline: str | Path | PipelineConfig, *, device: str | torch.device = "cpu",
                  dtype_override: torch.dtype | str | None = None, offline: bool | None = None,
-                 loader: Callable[..., nn.Module] | None = None) -> None:
+                 loader: Callable[..., nn.Module] | None = None, vram_preset: str = "high") -> None:
         self.config = as_config(pipeline)
         self.device = device
         self.dtype_override = dtype_override
         self.offline = offline
         self._loader = loader or load_model
         self._models: dict[str, nn.Module] = {}
+        self.residency = Residency(device, vram_preset)
+
+    @property
+    def vram_preset(self) -> str:
+        """The resolved preset: 'high', 'medium' or 'low'."""
+        return self.residency.preset
 
     def get(self, key: str) -> nn.Module:
         """Model ``key``, loading it now if needed."""
         model = self._models.get(key)
         if model is None:
-            model = self._loader(self.config, key, device=self.device, dtype_override=self.dtype_override,
+            load_to = "cpu" if self.residency.offloads else self.device
+            model = self._loader(self.config, key, device=load_to, dtype_override=self.dtype_override,
                                  offline=self.offline)
-            self._models[key] = model
-        return model
+            self._models[key] = self.residency.add(key, model)
+        return self._models[key]
 
     __call__ = get
 
+    def adopt(self, key: str, model: nn.Module) -> nn.Module:
+        """Manage a model loaded elsewhere (e.g. the DINOv3 conditioner) under this store's VRAM preset."""
+        self._models[key] = self.residency.add(key, model)
+        return self._models[key]
+
     def release(self, key: str) -> bool:
         """Forget model ``key`` (its memory is freed when no one else holds it); True if it was loaded."""
+        self.residency.remove(key)
         return self._models.pop(key, None) is not None
 
     def release_all(self) -> None:
         """Forget every loaded model."""
+        self.residency.clear()
         self._models.clear()
 
     @property

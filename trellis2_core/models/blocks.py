@@ -21,6 +21,7 @@ from ..sparse.attention import attention, varlen_attention
 from ..sparse.layers import LayerNorm32
 from ..sparse.rope import RopeTable, apply_rope
 from ..sparse.tensor import SparseTensor
+from .streaming import weights_on_device
 
 __all__ = ["Tokens", "CrossContext", "TimestepEmbedder", "MultiHeadRMSNorm", "SelfAttention", "CrossAttention",
            "FeedForward", "ModulatedTransformerCrossBlock", "FlowDiT", "timestep_embedding", "modulate",
@@ -347,8 +348,11 @@ class FlowDiT(nn.Module):
         self._check_cond(cond)
         tokens = cond.to(self.trunk_dtype)
         if zero_const and not bool(cond.any()):
-            return CrossContext(tokens, 0, None, tuple(b.cross_attn.zero_context_output() for b in self.blocks))
-        kv = tuple(b.cross_attn.project_kv(tokens) for b in self.blocks) if cache_kv else None
+            return CrossContext(tokens, 0, None, tuple(_on_device(b, b.cross_attn.zero_context_output)
+                                                       for b in self.blocks))
+        kv = None
+        if cache_kv:
+            kv = tuple(_on_device(b, lambda b=b: b.cross_attn.project_kv(tokens)) for b in self.blocks)
         return CrossContext(tokens, int(cond.shape[0]), kv, None)
 
     def _check_cond(self, cond: Tensor) -> None:
@@ -379,7 +383,8 @@ class FlowDiT(nn.Module):
                 step = torch.compile(ModulatedTransformerCrossBlock.forward, dynamic=True)
                 self.__dict__["_compiled_block_step"] = step
         for block, kv, const in zip(self.blocks, kvs, consts):
-            h = step(block, h, mod, tokens, rope, kv, const, n_live)
+            with weights_on_device(block):  # streamed in under the 'low' VRAM preset
+                h = step(block, h, mod, tokens, rope, kv, const, n_live)
         f = _feats(h).to(self.out_layer.weight.dtype)
         f = F.layer_norm(f, f.shape[-1:])
         return _like(h, self.out_layer(f))
@@ -388,6 +393,11 @@ class FlowDiT(nn.Module):
         if t.dim() != 1 or t.shape[0] != batch or cond.shape[0] != batch:
             raise ValueError(f"{type(self).__name__}: input has batch {batch} but t is {list(t.shape)} and cond is "
                              f"{list(cond.shape)}; pass t [B] and cond [B, M, C]")
+
+
+def _on_device(block: nn.Module, fn):
+    with weights_on_device(block):
+        return fn()
 
 
 def _apply_policy_on_load(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:

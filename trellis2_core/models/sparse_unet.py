@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..sparse import LayerNorm32, SparseLinear, SparseTensor, SubMConv3d, silu
 from ..sparse.resample import Subdivision, expand_children, subdivide
+from .streaming import weights_on_device
 
 __all__ = ["SparseConvNeXtBlock3d", "SparseResBlockC2S3d", "SparseUnetVaeDecoder"]
 
@@ -183,12 +184,13 @@ class SparseUnetVaeDecoder(nn.Module):
         subs: list[SparseTensor] = []
         for i, stage in enumerate(self.blocks):
             for block in stage:
-                if isinstance(block, SparseResBlockC2S3d):
-                    h, logits = block(h, self._guide(guide_subs, i))
-                    if logits is not None:
-                        subs.append(logits)
-                else:
-                    h = block(h)
+                with weights_on_device(block):  # streamed in under the 'low' VRAM preset
+                    if isinstance(block, SparseResBlockC2S3d):
+                        h, logits = block(h, self._guide(guide_subs, i))
+                        if logits is not None:
+                            subs.append(logits)
+                    else:
+                        h = block(h)
         feats = h.feats.float()  # head in fp32 (§5.2)
         feats = F.layer_norm(feats, feats.shape[-1:], eps=1e-5)  # non-affine head norm (§5.2)
         w = self.output_layer.weight
@@ -214,11 +216,12 @@ class SparseUnetVaeDecoder(nn.Module):
         h = self._embed(x)
         for i in range(upsample_times):
             for block in self.blocks[i]:
-                if isinstance(block, SparseResBlockC2S3d):
-                    if i == upsample_times - 1:
-                        sub, _ = block.subdivision(h)
-                        return sub.coords
-                    h, _ = block(h)
-                else:
-                    h = block(h)
+                with weights_on_device(block):
+                    if isinstance(block, SparseResBlockC2S3d):
+                        if i == upsample_times - 1:
+                            sub, _ = block.subdivision(h)
+                            return sub.coords
+                        h, _ = block(h)
+                    else:
+                        h = block(h)
         raise AssertionError("unreachable: every stage below the last ends with an up-block")

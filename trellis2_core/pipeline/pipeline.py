@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import FastPathConfig
 from ..loading import ModelStore, PipelineConfig, as_config, load_image_cond_model, resolve_pipeline_dir
+from ..models.streaming import weights_on_device
 from ..preprocess import preprocess_image
 from .sampler import SamplerParams
 from .stages import (
@@ -28,6 +29,7 @@ __all__ = ["Pipeline", "PipelineResult", "SamplerOverrides", "DEFAULT_SEED", "DE
 
 DEFAULT_SEED = 42  # §1.5: official run() default
 DEFAULT_MAX_NUM_TOKENS = 49152  # §1.3
+IMAGE_COND_KEY = "image_cond_model"  # the DINOv3 conditioner's key in the model store
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,13 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, source: str | Path, *, models_dir: str | Path | None = None,
                         device: str | torch.device = "cpu", dtype_override: torch.dtype | str | None = None,
-                        offline: bool | None = None) -> "Pipeline":
-        """Resolve ``source`` (folder, ComfyUI models-dir name or HF repo id) and set up lazy model loading."""
+                        offline: bool | None = None, vram_preset: str = "high") -> "Pipeline":
+        """Resolve ``source`` (folder, ComfyUI models-dir name or HF repo id) and set up lazy model loading;
+        ``vram_preset`` ('high', 'medium', 'low', 'auto') as in :class:`~trellis2_core.loading.ModelStore`."""
         root = resolve_pipeline_dir(source, models_dir=models_dir, offline=offline)
         config = PipelineConfig.from_pipeline_json(root)
-        store = ModelStore(config, device=device, dtype_override=dtype_override, offline=offline)
+        store = ModelStore(config, device=device, dtype_override=dtype_override, offline=offline,
+                           vram_preset=vram_preset)
         return cls(config, store, models_dir=models_dir)
 
     # ------------------------------------------------------------------ conditioning
@@ -78,15 +82,20 @@ class Pipeline:
         """The DINOv3 conditioner, loaded on first use (§3)."""
         if self._image_cond_model is None:
             device = getattr(self.models, "device", "cpu")
-            self._image_cond_model = load_image_cond_model(self.config, models_dir=self.models_dir, device=device)
+            residency = getattr(self.models, "residency", None)
+            offloads = residency is not None and residency.offloads
+            model = load_image_cond_model(self.config, models_dir=self.models_dir,
+                                          device="cpu" if offloads else device)
+            self._image_cond_model = self.models.adopt(IMAGE_COND_KEY, model) if offloads else model
         return self._image_cond_model
 
     def condition(self, image: Image.Image, pipeline_type: PipelineType | str | None = None) -> Conditioning:
         """DINOv3 tokens at 512 px and, unless the type is '512', at 1024 px (§1.1 stage 1)."""
         ptype = self._type(pipeline_type)
         extractor = self.image_cond_model
-        cond_512 = extractor.features(image, 512)
-        cond_1024 = extractor.features(image, 1024) if ptype.resolution != 512 else None
+        with weights_on_device(extractor):
+            cond_512 = extractor.features(image, 512)
+            cond_1024 = extractor.features(image, 1024) if ptype.resolution != 512 else None
         return Conditioning(cond_512, cond_1024)
 
     # ------------------------------------------------------------------ runs

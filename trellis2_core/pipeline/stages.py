@@ -20,7 +20,9 @@ from ..config import FastPathConfig
 from ..errors import InputError
 from ..loading.config import Normalization
 from ..mesh.types import Mesh, PbrVoxels
+from ..models.fp8 import fp8_block_linears
 from ..models.structure_decoder import occupancy_to_coords
+from ..models.streaming import execution_device, weights_on_device
 from ..models.texture_decoder import pbr_voxels
 from ..sparse import SparseTensor
 from .cascade import hr_coords_from_lr
@@ -148,9 +150,7 @@ class Decoded:
 
 
 def _device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+    return execution_device(model)
 
 
 def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
@@ -177,7 +177,9 @@ def _sample(model: nn.Module, noise: Latent, cond: Tensor, params: SamplerParams
             neg_cond = model.prepare_context(neg_cond, cache_kv=fast.cache_cross_kv,
                                              zero_const=fast.skip_uncond_cross_attn)
     attn = fast.attention_context(device) if fast is not None else contextlib.nullcontext()
-    with attn:
+    # approximate fp8 block GEMMs for this stage only (after prepare_context: K/V and constants stay exact)
+    fp8 = fp8_block_linears(model, enabled=fast is not None and fast.fp8_linear)
+    with attn, fp8:
         res = sample_flow_euler(model, noise, cond_in, neg_cond, params, extra=extra, on_step=on_step,
                                 should_cancel=hooks.should_cancel, record_calls=hooks.record_calls, stage=stage,
                                 fast=fast)
@@ -193,9 +195,11 @@ def sample_structure(flow: nn.Module, decoder: nn.Module, cond: Tensor, params: 
     batch = int(cond.shape[0])
     res = int(flow.resolution)
     noise = draw_noise((batch, int(flow.in_channels), res, res, res), generator, _device(flow))
-    run = _sample(flow, noise, cond, params, hooks, "sparse_structure", fast=fast)
+    with weights_on_device(flow):  # on the device for this stage only, under the medium/low VRAM presets
+        run = _sample(flow, noise, cond, params, hooks, "sparse_structure", fast=fast)
     latent = run.samples
-    logits = decoder(latent.to(_device(decoder)))
+    with weights_on_device(decoder):
+        logits = decoder(latent.to(_device(decoder)))
     coords = occupancy_to_coords(logits, ss_res)
     if coords.shape[0] == 0:
         raise InputError("the sparse-structure stage produced no occupied voxel; try another seed or image")
@@ -208,7 +212,8 @@ def _sample_slat(flow: nn.Module, cond: Tensor, coords: Tensor, params: SamplerP
     device = _device(flow)
     noise = SparseTensor(draw_noise((int(coords.shape[0]), int(flow.in_channels)), generator, device),
                          coords.to(device))
-    run = _sample(flow, noise, cond, params, hooks, stage, fast=fast)
+    with weights_on_device(flow):
+        run = _sample(flow, noise, cond, params, hooks, stage, fast=fast)
     samples = run.samples
     assert isinstance(samples, SparseTensor)
     return samples.replace(norm.denormalize(samples.feats)), run  # §5.4
@@ -230,7 +235,8 @@ def sample_shape_cascade(flow_lr: nn.Module, flow_hr: nn.Module, shape_decoder: 
                          hooks: StageHooks = StageHooks(), *, fast: FastPathConfig | None = None) -> ShapeLatent:
     """§1.3: LR sample on ``coords`` → decoder ``upsample`` → HR coords (resolution loop) → HR sample."""
     lr_slat, lr_run = _sample_slat(flow_lr, lr_cond, coords, params, norm, generator, hooks, "shape_lr", fast)
-    up = shape_decoder.upsample(lr_slat.to(_device(shape_decoder)), upsample_times=4)  # [M, 4] at 512³
+    with weights_on_device(shape_decoder):
+        up = shape_decoder.upsample(lr_slat.to(_device(shape_decoder)), upsample_times=4)  # [M, 4] at 512³
     hr_coords, hr_res = hr_coords_from_lr(up, LR_RESOLUTION, resolution, max_num_tokens)
     slat, hr_run = _sample_slat(flow_hr, cond, hr_coords, params, norm, generator, hooks, "shape_hr", fast)
     return ShapeLatent(slat=slat, res=hr_res, runs={"shape_lr": lr_run, "shape_hr": hr_run}, upsample_coords=up)
@@ -249,7 +255,8 @@ def sample_material(flow: nn.Module, cond: Tensor, shape_slat: SparseTensor, par
                          f"{shape.feats.shape[1]}")
     concat = shape.replace(shape_norm.normalize(shape.feats))  # §5.4
     noise = shape.replace(draw_noise((shape.num_voxels, channels), generator, device))
-    run = _sample(flow, noise, cond, params, hooks, "tex", extra={"concat_cond": concat}, fast=fast)
+    with weights_on_device(flow):
+        run = _sample(flow, noise, cond, params, hooks, "tex", extra={"concat_cond": concat}, fast=fast)
     samples = run.samples
     assert isinstance(samples, SparseTensor)
     return MaterialLatent(slat=samples.replace(tex_norm.denormalize(samples.feats)), run=run)
@@ -259,9 +266,11 @@ def sample_material(flow: nn.Module, cond: Tensor, shape_slat: SparseTensor, par
 def decode(shape_decoder: nn.Module, tex_decoder: nn.Module | None, shape_slat: SparseTensor,
            tex_slat: SparseTensor | None, res: int) -> Decoded:
     """Shape decoder at grid ``res`` → meshes + subdivisions; texture decoder guided by them → PBR voxels (§5.2)."""
-    dec = shape_decoder.decode(shape_slat, int(res))
+    with weights_on_device(shape_decoder):
+        dec = shape_decoder.decode(shape_slat.to(_device(shape_decoder)), int(res))
     pbr: list[PbrVoxels] = []
     if tex_decoder is not None and tex_slat is not None:
-        raw = tex_decoder(tex_slat, guide_subs=dec.subs)
+        with weights_on_device(tex_decoder):
+            raw = tex_decoder(tex_slat.to(_device(tex_decoder)), guide_subs=dec.subs)
         pbr = pbr_voxels(raw, int(res))
     return Decoded(meshes=list(dec.meshes), pbr=pbr, subs=list(dec.subs), res=int(res))
