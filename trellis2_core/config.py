@@ -2,8 +2,8 @@
 
 :class:`FastPathConfig` is a frozen value passed down explicitly (stage functions → sampler → model forward);
 nothing here is global. Every switch has a reference behaviour it must match (final latents cosine ≥ 0.999 on the same
-noise, ``tests/test_fast_path.py``), and ``FastPathConfig()`` (all switches off, default attention) is the plain
-eager path that the golden cases check.
+noise, ``tests/test_fast_path.py``; the approximate ``fp8_linear`` has a looser gate, see its field), and
+``FastPathConfig()`` (all switches off, default attention) is the plain eager path that the golden cases check.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ ATTENTION_KERNELS = ("default", "cudnn", "flash", "efficient", "math")
 
 @dataclass(frozen=True)
 class FastPathConfig:
-    """Switches of the fast path; each one is exact up to floating-point rounding.
+    """Switches of the fast path; each one is exact up to floating-point rounding, except ``fp8_linear``.
 
     Attributes:
         cache_cross_kv: compute every block's cross-attention keys/values once per sampling stage (the image
@@ -37,6 +37,14 @@ class FastPathConfig:
             removes launch cost; measured no gain on an H100 once the blocks are compiled, so off in ``fast()``).
         attention_kernel: fused SDPA kernel to allow on CUDA: 'default' (PyTorch's choice), 'cudnn', 'flash'
             (FlashAttention-2, the official op), 'efficient' or 'math'. Ignored on CPU.
+        fp8_linear: run the six per-token linears of every DiT block (self-attention qkv/out, cross-attention q/out,
+            MLP) as fp8 GEMMs: activations per token and weights per output channel rounded to float8 e4m3, fp32
+            accumulation (``torch._scaled_mm`` on NVIDIA GPUs of compute capability ≥ 8.9 with bf16 blocks; an
+            emulation, slower than plain, elsewhere). Approximate, not a rounding-level change: each GEMM is off by a
+            few percent, so it is off by default and not in ``fast()`` until the accuracy gate holds (final latents
+            cosine ≥ 0.99 vs the plain path in ``tests/test_fast_path.py`` on the tiny models, and on real weights
+            in ``benchmarks/bench_pipeline.py`` mode ``fast+fp8_linear``). Cross-attention K/V, embedders, adaLN and
+            the input/output layers stay in their own precision (``trellis2_core/models/fp8.py``).
     """
 
     cache_cross_kv: bool = False
@@ -46,6 +54,7 @@ class FastPathConfig:
     compile_blocks: bool = False
     cuda_graphs: bool = False
     attention_kernel: str = "default"
+    fp8_linear: bool = False
 
     def __post_init__(self) -> None:
         if self.attention_kernel not in ATTENTION_KERNELS:
@@ -58,11 +67,12 @@ class FastPathConfig:
         return cls(attention_kernel="flash")
 
     @classmethod
-    def fast(cls, compile_blocks: bool = True) -> "FastPathConfig":
+    def fast(cls, compile_blocks: bool = True, fp8_linear: bool = False) -> "FastPathConfig":
         """The measured-fastest set on an H100 (benchmarks/RESULTS.md, "Pipeline"): every switch but CUDA graphs
-        (no gain once the blocks are compiled), cuDNN attention (1.6–1.9× FlashAttention-2)."""
+        (no gain once the blocks are compiled), cuDNN attention (1.6–1.9× FlashAttention-2). ``fp8_linear=True``
+        adds the approximate fp8 block GEMMs (off by default)."""
         return cls(cache_cross_kv=True, skip_uncond_cross_attn=True, batch_cfg=True, dense_tokens=True,
-                   compile_blocks=compile_blocks, attention_kernel="cudnn")
+                   compile_blocks=compile_blocks, attention_kernel="cudnn", fp8_linear=fp8_linear)
 
     def use_dense_tokens(self) -> bool:
         return self.dense_tokens or self.compile_blocks
