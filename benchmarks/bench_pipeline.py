@@ -21,7 +21,8 @@ surface (a bumpy sphere, signed distance ``sdf``), independent of the networks' 
 Modes (same process, same noise, same voxel sets): ``reference`` = eager, FlashAttention-2 kernels (SDPA flash
 backend, the official ``flash_attn`` class), nothing cached; ``eager`` = eager with PyTorch's default SDPA choice;
 ``fast`` = ``FastPathConfig.fast()``; ``fast-<switch>`` / ``fast+<switch>`` = with a switch off / on (ablations);
-``<mode>@<kernel>`` forces the attention kernel. Each (type, mode) first runs a short warm-up (2 steps per stage,
+``<mode>@<kernel>`` forces the attention kernel; ``<mode>:medium`` / ``<mode>:low`` run it under that VRAM preset
+(weights in page-locked host memory, ``trellis2_core.loading.residency``; peak VRAM is the point). Each (type, mode) first runs a short warm-up (2 steps per stage,
 one CFG and one plain step; full decoders) so that cuDNN plans, Triton kernels and ``torch.compile`` graphs are
 built, then the timed run. Final latents of every mode are compared with the first mode (cosine similarity).
 
@@ -49,8 +50,10 @@ if str(_REPO) not in sys.path:
 
 from trellis2_core.config import FastPathConfig  # noqa: E402
 from trellis2_core.loading.config import Normalization  # noqa: E402
+from trellis2_core.loading.residency import Residency  # noqa: E402
 from trellis2_core.models import model_class  # noqa: E402
 from trellis2_core.models.sparse_unet import SparseResBlockC2S3d  # noqa: E402
+from trellis2_core.models.streaming import weights_on_device  # noqa: E402
 from trellis2_core.models.texture_decoder import pbr_voxels  # noqa: E402
 from trellis2_core.pipeline.cascade import hr_coords_from_lr, quantize_coords  # noqa: E402
 from trellis2_core.pipeline.sampler import SamplerParams  # noqa: E402
@@ -202,16 +205,37 @@ def make_geometry(ptype: PipelineType, targets: tuple, device: torch.device) -> 
 @torch.no_grad()
 def guided_upsample(decoder: torch.nn.Module, latent: SparseTensor, masks: list[torch.Tensor]) -> torch.Tensor:
     """The decoder's ``upsample(latent, 4)`` with given subdivisions (same work: 3 full levels + the 4th split)."""
-    h = decoder._embed(latent)
-    for i in range(4):
-        for block in decoder.blocks[i]:
-            if isinstance(block, SparseResBlockC2S3d):
-                if i == 3:
-                    return block.subdivision(h, masks[i].float() * 2 - 1)[0].coords
-                h, _ = block(h, masks[i].float() * 2 - 1)
-            else:
-                h = block(h)
+    with weights_on_device(decoder):
+        h = decoder._embed(latent)
+        for i in range(4):
+            for block in decoder.blocks[i]:
+                with weights_on_device(block):
+                    if isinstance(block, SparseResBlockC2S3d):
+                        if i == 3:
+                            return block.subdivision(h, masks[i].float() * 2 - 1)[0].coords
+                        h, _ = block(h, masks[i].float() * 2 - 1)
+                    else:
+                        h = block(h)
     raise AssertionError("unreachable")
+
+
+def manage(m: Models, preset: str, device: torch.device) -> Residency:
+    """Put every model under a VRAM preset (weights move to page-locked host memory for medium/low)."""
+    res = Residency(device, preset)
+    for key, module in _all_models(m).items():
+        res.add(key, module)
+    return res
+
+
+def unmanage(m: Models, res: Residency, device: torch.device) -> None:
+    res.clear()
+    for module in _all_models(m).values():
+        module.to(device)
+
+
+def _all_models(m: Models) -> dict:
+    return {**{f"flow_{k}": v for k, v in m.flows.items()}, "ss_dec": m.ss_dec, "shape_dec": m.shape_dec,
+            "tex_dec": m.tex_dec}
 
 
 # ------------------------------------------------------------------------------------------------ one run
@@ -266,9 +290,9 @@ def run_pipeline(m: Models, geo: Geometry, ptype: PipelineType, fast: FastPathCo
         mat = sample_material(tex_flow, cond, shape.slat, sp["tex"], norm, norm, gen, hooks, fast=fast)
     fwd["texture"] = len(mat.run.calls)
     latents.update(shape=shape.slat.feats, tex=mat.slat.feats)
-    with timer("shape_decoder"):
+    with timer("shape_decoder"), weights_on_device(m.shape_dec):
         raw, _ = m.shape_dec.forward_with_subs(shape.slat, guide_subs=geo.dec_masks)
-    with timer("tex_decoder"):
+    with timer("tex_decoder"), weights_on_device(m.tex_dec):
         tex_raw = m.tex_dec(mat.slat, guide_subs=geo.dec_masks)
     with timer("mesh"):
         meshes = m.shape_dec.meshes_from_raw(raw, shape.res)
@@ -277,8 +301,16 @@ def run_pipeline(m: Models, geo: Geometry, ptype: PipelineType, fast: FastPathCo
             "hr_res": int(shape.res), "voxels_out": int(raw.num_voxels), "faces": int(meshes[0].faces.shape[0])}
 
 
+def parse_preset(name: str) -> str:
+    """The VRAM preset of a mode name (``fast:medium``); 'high' (all resident) by default."""
+    preset = name.partition(":")[2] or "high"
+    if preset not in ("high", "medium", "low"):
+        raise ValueError(f"mode {name!r}: VRAM preset must be high, medium or low")
+    return preset
+
+
 def parse_mode(name: str) -> FastPathConfig:
-    base, _, kernel = name.partition("@")
+    base, _, kernel = name.partition(":")[0].partition("@")
     head, *parts = re.split(r"(?=[-+])", base)
     cfg = {"reference": FastPathConfig.reference(), "eager": FastPathConfig(), "fast": FastPathConfig.fast()}[head]
     fields = {f.name for f in dataclasses.fields(FastPathConfig)}
@@ -305,8 +337,15 @@ def bench_type(m: Models, tname: str, modes: list[str], device: torch.device, ti
     first = None
     for mode in modes:
         rec: dict = {"config": dataclasses.asdict(parse_mode(mode))}
+        residency = None
         try:
-            fast = parse_mode(mode)
+            fast, preset = parse_mode(mode), parse_preset(mode)
+            rec["vram_preset"] = preset
+            if preset != "high":
+                tw = time.perf_counter()
+                residency = manage(m, preset, device)
+                rec["offload_setup_s"] = time.perf_counter() - tw
+                rec["host_weights_gb"] = residency.host_bytes / 1e9
             tw = time.perf_counter()
             run_pipeline(m, geo, ptype, fast, device, warmup=True)
             rec["warmup_s"] = time.perf_counter() - tw
@@ -320,6 +359,7 @@ def bench_type(m: Models, tname: str, modes: list[str], device: torch.device, ti
                 res["total_with_mesh_ms"] = sum(res["stages_ms"].values())
                 if device.type == "cuda":
                     res["peak_vram_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+                    res["peak_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 1e9
                 runs.append(res)
             res = min(runs, key=lambda r: r["total_ms"])
             rec.update({k: v for k, v in res.items() if k != "latents"})
@@ -328,13 +368,17 @@ def bench_type(m: Models, tname: str, modes: list[str], device: torch.device, ti
                 first = (mode, res["latents"])
             rec["cosine_vs"] = first[0]
             rec["cosine"] = {k: _cos(v, first[1][k]) for k, v in res["latents"].items()}
-            log(f"[{tname}] {mode}: total {rec['total_ms']:.0f} ms, stages "
+            log(f"[{tname}] {mode}: total {rec['total_ms']:.0f} ms, peak {rec.get('peak_vram_gb', 0):.2f} GB "
+                f"allocated / {rec.get('peak_reserved_gb', 0):.2f} GB reserved, stages "
                 + ", ".join(f"{k} {v:.0f}" for k, v in res["stages_ms"].items())
                 + f"; warm-up {rec['warmup_s']:.1f} s; totals {[round(v) for v in rec['all_totals_ms']]}; cos "
                 + ", ".join(f"{k} {v:.5f}" for k, v in rec["cosine"].items()))
         except Exception as err:  # keep going: one failing mode must not lose the other numbers
             rec["error"] = f"{type(err).__name__}: {err}"
             log(f"[{tname}] {mode}: FAILED {rec['error']}\n{traceback.format_exc()}")
+        finally:
+            if residency is not None:
+                unmanage(m, residency, device)
         out["modes"][mode] = rec
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -406,7 +450,11 @@ def table(results: dict) -> str:
             lines.append(f"| {s} | " + " | ".join(f"{v:.0f}" for v in vals) + " | " + " | ".join(ratios) + " |")
         peaks = [tr["modes"][m].get("peak_vram_gb") for m in modes]
         if all(p is not None for p in peaks):
-            lines.append("| peak VRAM GB | " + " | ".join(f"{p:.1f}" for p in peaks) + " |" + " |" * (len(modes) - 1))
+            lines.append("| peak VRAM GB (allocated) | " + " | ".join(f"{p:.2f}" for p in peaks) + " |"
+                         + " |" * (len(modes) - 1))
+            res = [tr["modes"][m].get("peak_reserved_gb", float("nan")) for m in modes]
+            lines.append("| peak VRAM GB (reserved) | " + " | ".join(f"{p:.2f}" for p in res) + " |"
+                         + " |" * (len(modes) - 1))
         for m in modes[1:]:
             cos = tr["modes"][m]["cosine"]
             lines.append(f"  cosine {m} vs {modes[0]}: " + ", ".join(f"{k} {v:.5f}" for k, v in cos.items()))

@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="override the checkpoints' precision (default: their own, bf16 DiTs / fp16 VAEs)")
     g.add_argument("--offline", action="store_true", help="never download; use local folders and the HF cache")
+    g.add_argument("--vram", choices=("auto", "high", "medium", "low"), default="auto",
+                   help="weights on the GPU: high = all resident (fastest, ~20 GB at 1024); medium = one stage's "
+                        "model at a time, the next prefetched (≤ 8 GB at 1024); low = blocks streamed from host "
+                        "memory (≤ 4 GB); auto = by free memory (default: %(default)s)")
+    g.add_argument("--speed", choices=("fast", "eager"), default="fast",
+                   help="fast: cached cross-attention K/V, batched CFG, compiled blocks, cuDNN attention (exact up "
+                        "to rounding); eager: the plain op-by-op path (default: %(default)s)")
     s = p.add_argument_group("sampling")
     s.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s, as official)")
     s.add_argument("--steps", type=int, default=None, help="sampler steps of every stage (default 12)")
@@ -134,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bars = _Bars(enabled=not args.quiet)
     try:
         from .api import image_to_glb
+        from .config import FastPathConfig
         from .postprocess import ExportConfig
 
         export = ExportConfig(target_faces=args.faces, texture_size=args.texture_size,
@@ -143,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             steps=args.steps, guidance=args.guidance, samplers=_stage_overrides(args), max_num_tokens=args.max_tokens,
             export=export, device=args.device, dtype=args.dtype, models_dir=args.models_dir,
             offline=True if args.offline else None, background=args.background, mask=args.mask,
-            matting_model=args.rembg_model, progress=bars)
+            matting_model=args.rembg_model, progress=bars, vram_preset=args.vram,
+            fast=FastPathConfig.fast() if args.speed == "fast" else FastPathConfig())
     except WeightsError as err:
         bars.close(failed=True)
         print(f"error: {err}\n\n{_WEIGHTS_HELP}", file=sys.stderr)

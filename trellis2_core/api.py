@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from .config import FastPathConfig
 from .errors import BackendError, InputError, OutOfMemoryError
 from .mesh.types import Mesh, PbrVoxels
 from .pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS, DEFAULT_SEED, Pipeline, PipelineResult, SamplerOverrides
@@ -201,8 +202,9 @@ def _oom_hint(stage: str, ptype: str, max_tokens: int, cfg: ExportConfig) -> str
         return "pass a mask or an RGBA image (no matting model), or run background removal on the CPU"
     if stage == "load":
         return "load the models in a smaller dtype (dtype='bfloat16' / --dtype bfloat16) or use a bigger device"
-    return (f"use a smaller pipeline type (pipeline_type / --type, now {ptype!r}: try '1024_cascade' or '512') "
-            f"or fewer tokens (max_num_tokens / --max-tokens, now {max_tokens}, cascades only)")
+    return (f"use the VRAM preset 'low' (vram_preset / --vram low), a smaller pipeline type (pipeline_type / "
+            f"--type, now {ptype!r}: try '1024_cascade' or '512') or fewer tokens (max_num_tokens / --max-tokens, "
+            f"now {max_tokens}, cascades only)")
 
 
 # ---------------------------------------------------------------------------------------------- main entry
@@ -247,6 +249,8 @@ def image_to_glb(
     mask: Any = None,
     matting_model: str | os.PathLike | Matting | None = None,
     progress: Progress | None = None,
+    fast: FastPathConfig | None = None,
+    vram_preset: str = "auto",
 ) -> ImageToGlbResult:
     """Generate a textured GLB from one image and write it to ``output_path``.
 
@@ -262,6 +266,10 @@ def image_to_glb(
         background: 'auto', 'keep', 'mask', 'model' or 'none' (see ``preprocess.background``); ``mask`` is a
             mask image/array or a path; ``matting_model`` a folder/HF id or any ``RGB image -> mask`` callable.
         progress: see :class:`Progress`.
+        fast: fast-path switches (default ``FastPathConfig.fast()``: exact up to rounding; the CUDA-only parts are
+            ignored elsewhere); ``FastPathConfig()`` is the plain eager path.
+        vram_preset: 'auto', 'high', 'medium' or 'low' (``loading.residency``): how much of the model weights stay
+            on the device between uses. Applies when ``pipeline`` is not a loaded :class:`Pipeline`.
 
     Raises:
         InputError: bad inputs, unwritable output path (checked first), empty foreground, NaN latents.
@@ -287,7 +295,8 @@ def image_to_glb(
     try:
         track("load", 0, 1)
         pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.from_pretrained(
-            pipeline, models_dir=models_dir, device=dev, dtype_override=dtype, offline=offline)
+            pipeline, models_dir=models_dir, device=dev, dtype_override=dtype, offline=offline,
+            vram_preset=vram_preset)
         matting: Matting | None = None
         if isinstance(matting_model, nn.Module):  # a bare BiRefNet-interface network
             matting = BiRefNetMatting(matting_model)
@@ -315,7 +324,8 @@ def image_to_glb(
                               models_dir=pipe.models_dir)
             hooks = StageHooks(progress=track, should_cancel=track.cancelled)
             result = runner.run_from_conditioning(cond, seed=seed, pipeline_type=ptype, samplers=overrides,
-                                                  max_num_tokens=max_num_tokens, hooks=hooks)
+                                                  max_num_tokens=max_num_tokens, hooks=hooks,
+                                                  fast=FastPathConfig.fast() if fast is None else fast)
         finally:
             guarded.close()
         mesh, pbr = _check_outputs(result)
