@@ -207,3 +207,88 @@ def test_compiled_block_matches_eager(monkeypatch):
             torch.testing.assert_close(f(out1), f(ref1), atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(f(out2), f(ref2), atol=1e-4, rtol=1e-4)
     assert isinstance(pair, CrossContext)
+
+
+# ------------------------------------------------------------------------------------------------- fp8 block GEMMs
+# fp8_linear is approximate (every block GEMM is off by a few percent), so it is not in SWITCHES: its gate is a final
+# latent cosine >= 0.99 against the plain path on the same noise (measured on these tiny models: ~0.999), and it must
+# visibly change the result (else the fp8 path did not run).
+FP8_GATE = 0.99
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_fp8_linear_config():
+    assert not FastPathConfig().fp8_linear and not FastPathConfig.reference().fp8_linear
+    assert not FastPathConfig.fast().fp8_linear
+    assert FastPathConfig.fast(fp8_linear=True) == dataclasses.replace(FastPathConfig.fast(), fp8_linear=True)
+
+
+@pytest.mark.parametrize("fast", [FastPathConfig(fp8_linear=True), FastPathConfig.fast(fp8_linear=True)],
+                         ids=["fp8 alone", "fast + fp8"])
+def test_fp8_linear_latents_stay_close(fast):
+    base = dataclasses.replace(fast, fp8_linear=False)
+    pairs = [("SS latent", _run_structure(base), _run_structure(fast))]
+    pairs += list(zip(("shape latent", "texture latent"), _run_shape_and_tex(base), _run_shape_and_tex(fast)))
+    for what, ref, out in pairs:
+        cos = _cosine(ref, out)
+        assert FP8_GATE <= cos < 1 - 1e-7, f"{what} with fp8 GEMMs: cosine {cos}"
+        assert not torch.equal(ref, out), what
+
+
+def test_fp8_switch_keeps_parameters_and_switches_back_exactly():
+    from trellis2_core.models.fp8 import Fp8Linear, fp8_block_linears
+
+    model = _model("shape_slat_flow_model_512")
+    keys, params = list(model.state_dict()), dict(model.named_parameters())
+    classes = {name: type(m) for name, m in model.named_modules()}
+    coords = _coords(150)
+    x = SparseTensor(torch.randn(coords.shape[0], 32, generator=torch.Generator().manual_seed(12)), coords)
+    t, cond = torch.tensor([600.0]), _cond()
+    with torch.no_grad():
+        ref = model(x, t, cond).feats
+        with fp8_block_linears(model) as n:
+            assert n == 6 * len(model.blocks)
+            switched = {name for name, m in model.named_modules() if type(m) is Fp8Linear}
+            assert list(model.state_dict()) == keys
+            assert all(p is params[name] for name, p in model.named_parameters())
+            out = model(x, t, cond).feats
+            with fp8_block_linears(model) as inner:  # nested: nothing left to switch, and nothing undone
+                assert inner == 0
+            assert all(type(m) is Fp8Linear for name, m in model.named_modules() if name in switched)
+        assert {name for name, m in model.named_modules() if type(m) is not classes[name]} == set()
+        assert torch.equal(model(x, t, cond).feats, ref)
+        with pytest.raises(RuntimeError, match="boom"):
+            with fp8_block_linears(model):
+                raise RuntimeError("boom")
+        assert all(type(m) is classes[name] for name, m in model.named_modules())
+    suffixes = {name.split(".", 2)[2] for name in switched}
+    assert suffixes == {"self_attn.to_qkv", "self_attn.to_out", "cross_attn.to_q", "cross_attn.to_out", "mlp.mlp.0",
+                        "mlp.mlp.2"}
+    assert _cosine(ref, out) >= FP8_GATE and not torch.equal(ref, out)
+
+
+def test_fp8_compiled_block_follows_the_switch(monkeypatch):
+    """The compiled block (dynamo, eager backend) runs the fp8 forward inside the switch and the plain one after it:
+    dynamo must not reuse the graph traced for the other Linear class."""
+    from trellis2_core.models.fp8 import fp8_block_linears
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", functools.partial(real_compile, backend="eager"))
+    model = _model("sparse_structure_flow_model")
+    fast = _CompileEverywhere(compile_blocks=True)
+    x = torch.randn(1, 8, 16, 16, 16, generator=torch.Generator().manual_seed(13))
+    t, cond = torch.tensor([900.0]), _cond()
+    with torch.no_grad():
+        plain = model(x, t, cond)
+        with fp8_block_linears(model):
+            eager_fp8 = model(x, t, cond)
+            compiled_fp8 = model(x, t, cond, fast=fast)
+        compiled_plain = model(x, t, cond, fast=fast)
+    assert "_compiled_block_step" in model.__dict__
+    torch.testing.assert_close(compiled_fp8, eager_fp8, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled_plain, plain, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(eager_fp8, plain, atol=1e-4, rtol=1e-4)
