@@ -111,6 +111,19 @@ def _cached_weight_linear(x: torch.Tensor, wt: torch.Tensor, ws_row: torch.Tenso
     return torch._scaled_mm(xq, wt, scale_a=xs, scale_b=ws_row, bias=b, out_dtype=torch.bfloat16)
 
 
+def run_case(m: int, k: int, n: int, device: torch.device, seed: int, compiled: dict | None, log) -> dict:
+    """Accuracy and (unless ``compiled`` is None) speed of one GEMM shape; errors are recorded, not raised."""
+    rec: dict = {"m": m, "k": k, "n": n}
+    x, w, b = _inputs(m, k, n, device, seed)
+    rec["dispatch"] = scaled_mm_unsupported(x, w) or "scaled_mm"
+    _guard(rec, "accuracy", lambda: accuracy(x, w, b, rec, log), log)
+    if compiled is None:
+        rec["speed_skipped"] = True
+    else:
+        _guard(rec, "speed", lambda: speed(x, w, b, compiled, rec, log), log)
+    return rec
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "-C", str(_REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -167,21 +180,14 @@ def main() -> None:
     results: list[dict] = []
     for i, (k, n) in enumerate(shapes):
         for m in ms:
-            rec: dict = {"m": m, "k": k, "n": n}
-            x, w, b = _inputs(m, k, n, device, seed=i * 100 + m)
-            rec["dispatch"] = scaled_mm_unsupported(x, w) or "scaled_mm"
-            _guard(rec, "accuracy", lambda: accuracy(x, w, b, rec, log), log)
-            if args.no_speed or time.perf_counter() - t0 > args.budget_s:
-                rec["speed_skipped"] = True
-            else:
-                _guard(rec, "speed", lambda: speed(x, w, b, compiled, rec, log), log)
+            timed = not args.no_speed and time.perf_counter() - t0 <= args.budget_s
+            rec = run_case(m, k, n, device, i * 100 + m, compiled if timed else None, log)
             results.append(rec)
             acc = rec.get("accuracy", {})
             log(f"M={m} K={k} N={n}: dispatch {rec['dispatch']}, mm/emu rel "
                 f"{acc.get('rel_scaled_mm_vs_emulation', float('nan')):.2e}, "
                 + ", ".join(f"{t} {v['ms']:.3f} ms" for t, v in rec.get("speed", {}).items())
                 + f"  [{time.perf_counter() - t0:.0f} s]")
-            del x, w, b
             torch.cuda.empty_cache()
     print(table(results))
     print(f"\n{meta['device']}, torch {meta['torch']}, commit {meta['commit']}; rel = relative Frobenius error; "
