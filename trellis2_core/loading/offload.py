@@ -127,10 +127,17 @@ class HostWeights:
         """Start copying the host buffer to ``device`` (on the copy stream on CUDA)."""
         if copier.stream is None:
             return PendingCopy(self.flat.to(device, copy=True), None)
+        # Allocate on the compute stream (its memory pool is the one activations use, so freed weights are reused
+        # by activations and vice versa); the copy stream first waits for the compute work queued so far, since
+        # the block may be memory that queued work still reads.
+        compute = copier.compute_stream()
+        flat = torch.empty(self.flat.shape, dtype=self.flat.dtype, device=device)
+        copier.stream.wait_stream(compute)
         with torch.cuda.stream(copier.stream):
-            flat = self.flat.to(device, non_blocking=True)
+            flat.copy_(self.flat, non_blocking=True)
             event = torch.cuda.Event()
             event.record(copier.stream)
+        flat.record_stream(copier.stream)
         return PendingCopy(flat, event)
 
     def attach(self, pending: PendingCopy, copier: CopyStream) -> None:
@@ -138,7 +145,6 @@ class HostWeights:
         compute = copier.compute_stream()
         if pending.event is not None and compute is not None:
             compute.wait_event(pending.event)
-            pending.flat.record_stream(compute)  # not reused by the copy stream before compute is done with it
         views = self._views(pending.flat)
         for owner, name, is_param, i in self._slots:
             _set(owner, name, is_param, views[i])

@@ -84,6 +84,10 @@ class _Managed:
             self.home.detach()
             if self.streamer is not None:
                 self.streamer.drop_prefetched()
+            if self.owner.device.type == "cuda":
+                # hand the stage's cached blocks back: the next model's activations come in other sizes, and the
+                # point of these presets is the device's peak footprint (a few per run; costs a sync each)
+                torch.cuda.empty_cache()
 
     def release(self) -> None:
         self.pending = None

@@ -378,10 +378,15 @@ class FlowDiT(nn.Module):
         tokens = tokens.to(dt)
         step = nn.Module.__call__
         if fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(h.device):
-            step = self.__dict__.get("_compiled_block_step")
-            if step is None:  # one compiled callable per model; dynamo shares its graphs between the blocks
-                step = torch.compile(ModulatedTransformerCrossBlock.forward, dynamic=True)
-                self.__dict__["_compiled_block_step"] = step
+            # one compiled callable per model and linear kind; dynamo shares its graphs between the blocks. Its
+            # guards do not see a swapped Linear class (models/fp8.py), so fp8 blocks get their own code object.
+            fp8 = len(self.blocks) > 0 and type(self.blocks[0].self_attn.to_qkv) is not nn.Linear
+            name = "_compiled_block_step_fp8" if fp8 else "_compiled_block_step"
+            step = self.__dict__.get(name)
+            if step is None:
+                step = torch.compile(_block_forward_fp8 if fp8 else ModulatedTransformerCrossBlock.forward,
+                                     dynamic=True)
+                self.__dict__[name] = step
         for block, kv, const in zip(self.blocks, kvs, consts):
             with weights_on_device(block):  # streamed in under the 'low' VRAM preset
                 h = step(block, h, mod, tokens, rope, kv, const, n_live)
@@ -393,6 +398,11 @@ class FlowDiT(nn.Module):
         if t.dim() != 1 or t.shape[0] != batch or cond.shape[0] != batch:
             raise ValueError(f"{type(self).__name__}: input has batch {batch} but t is {list(t.shape)} and cond is "
                              f"{list(cond.shape)}; pass t [B] and cond [B, M, C]")
+
+
+def _block_forward_fp8(block: ModulatedTransformerCrossBlock, *args: object) -> Tokens:
+    """The block forward under another code object, so its compiled graphs (fp8 linears) are cached apart."""
+    return ModulatedTransformerCrossBlock.forward(block, *args)
 
 
 def _on_device(block: nn.Module, fn):
