@@ -5,9 +5,12 @@ Steps (official numbering):
 1. Rasterise the atlas in UV space at ``T × T`` (``trellis2_kernels.uv_raster``: Triton on GPU, vectorised torch
    reference elsewhere). Row ``r`` ↔ ``v ≈ (r + 0.5)/T``, column ``c`` ↔ ``u ≈ (c + 0.5)/T``; higher face ids win.
 2. Interpolate the 3-D vertex positions at every covered texel centre (barycentrics).
-3. *Not reproduced*: the official code moves each point to the closest point of the hole-filled original mesh (GPU
-   BVH). We sample at the point itself; the decimated surface lies within a fraction of a voxel of the original, and
-   points that find no voxel among their 8 neighbours fall back to the nearest voxel within 2 voxels (below).
+3. Each point moves to its closest point on the hole-filled *original* mesh (official: ``cubvh`` BVH,
+   ``unsigned_distance(..., return_uvw=True)``; here :class:`~.closest.TriangleGrid`, exact). This undoes the
+   remesher's ~1-voxel shell offset and the decimation error before sampling. Two deviations, both documented at
+   :func:`project_to_surface`: points with no original face within ``max_distance`` (8 voxels by default; the
+   official search is unbounded) keep their position, and points whose 8 voxel neighbours are all absent after
+   projection fall back to the nearest voxel within 2 voxels instead of baking 0 (``fallback``).
 4. Sparse trilinear sampling with renormalisation over existing voxels: ``q = (p − origin)/voxel_size``; the 8
    neighbours ``floor(q − 0.5) + {0,1}³``; weights ``Π(1 − |q − (i + 0.5)|)``; absent voxels dropped; divide by
    ``max(Σw, 1e-12)``; 0 when no neighbour exists.
@@ -26,16 +29,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._kernels import kernels  # noqa: F401  (registers trellis2_kernels)
-from ..mesh.types import PBR_LAYOUT, PbrVoxels
+from ..mesh.types import PBR_LAYOUT, Mesh, PbrVoxels
+from .closest import TriangleGrid
 
 from trellis2_kernels import KernelPolicy  # noqa: E402
 from trellis2_kernels.uv_raster import uv_raster  # noqa: E402
 
-__all__ = ["BakedTextures", "bake_pbr_textures", "rasterize_positions", "sample_pbr_voxels", "to_uint8",
-           "fill_uncovered"]
+__all__ = ["BakedTextures", "bake_pbr_textures", "rasterize_positions", "project_to_surface", "sample_pbr_voxels",
+           "to_uint8", "fill_uncovered", "PROJECTION_RADIUS_VOXELS"]
 
 _CHUNK = 1 << 20  # texels sampled per chunk (bounds temporary memory: ~300 B per texel)
 _FALLBACK_RADIUS = 2  # voxels searched around points whose 8 neighbours are all absent
+PROJECTION_RADIUS_VOXELS = 8.0  # step 3 search radius; farther points keep their position
 _RING = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)  # 8-neighbourhood
 
 
@@ -138,11 +143,25 @@ def _nearest_fallback(index: _VoxelIndex, attrs: Tensor, q: Tensor) -> Tensor:
     return torch.where((best_row >= 0)[:, None], out, torch.zeros_like(out))
 
 
+def project_to_surface(points: Tensor, surface: Mesh | TriangleGrid, max_distance: float) -> Tensor:
+    """Step 3: the closest point on ``surface`` (the hole-filled original mesh) of every row of ``points`` [K, 3].
+
+    Points with no face within ``max_distance`` (world units) keep their position: with the remesher's ~1-voxel
+    offset and a decimation error of a fraction of a voxel, only stray points are that far, and sampling them where
+    they are (plus the nearest-voxel fallback of step 4) beats a jump to a distant part of the object.
+    """
+    grid = surface if isinstance(surface, TriangleGrid) else TriangleGrid(
+        surface.vertices.to(points.device), surface.faces.to(points.device))
+    hit = grid.query(points.to(grid.dtype), max_distance)
+    return torch.where(hit.found[:, None], hit.point.to(points.dtype), points)
+
+
 def sample_pbr_voxels(voxels: PbrVoxels, points: Tensor, fallback: bool = True) -> Tensor:
     """Step 4: renormalised sparse trilinear attributes [K, 6] at world ``points`` [K, 3] (§9.5).
 
-    With ``fallback``, points whose 8 neighbours are all absent take the nearest voxel within 2 voxels (standing
-    in for the official projection onto the original mesh, step 3); without it they get 0 as official.
+    With ``fallback``, points whose 8 neighbours are all absent take the nearest voxel within 2 voxels; without it
+    they get 0 as official. After the projection of step 3 this only concerns points of the original surface that
+    the decoder left without attribute voxels (and points too far from it to be projected).
     """
     attrs = voxels.attrs.to(device=points.device, dtype=torch.float32)
     if voxels.coords.shape[0] == 0:
@@ -217,13 +236,18 @@ def fill_uncovered(image: Tensor, covered: Tensor, dilate_rounds: int = 3) -> Te
 
 
 def bake_pbr_textures(uvs: Tensor, faces: Tensor, positions: Tensor, voxels: PbrVoxels, size: int,
-                      policy: KernelPolicy | None = None, fallback: bool = True) -> BakedTextures:
+                      policy: KernelPolicy | None = None, fallback: bool = True,
+                      surface: Mesh | TriangleGrid | None = None) -> BakedTextures:
     """Bake the base-colour/alpha and metallic-roughness textures of a UV-mapped mesh from PBR voxels (§9.5–9.6).
 
     ``uvs`` [V, 2] in [0, 1], ``faces`` [F, 3] into ``uvs``/``positions`` [V, 3] (world, Z-up, same frame as the
-    voxels). Runs on the device of ``uvs``.
+    voxels). ``surface`` is the hole-filled original mesh the texel points are projected onto (step 3); leave it
+    out only when ``positions`` already lie on it (e.g. the mesh was neither decimated nor remeshed). Runs on the
+    device of ``uvs``.
     """
     covered, points = rasterize_positions(uvs, faces, positions, size, policy)
+    if surface is not None and points.shape[0] > 0:
+        points = project_to_surface(points, surface, PROJECTION_RADIUS_VOXELS / voxels.resolution)
     attrs = sample_pbr_voxels(voxels, points, fallback=fallback)  # [K, 6]
     texels = torch.zeros(size * size, 6, dtype=torch.uint8, device=uvs.device)
     texels[covered.reshape(-1)] = to_uint8(attrs)

@@ -1,9 +1,16 @@
 """Decoded mesh + PBR voxels → textured GLB, stage by stage (role of the official ``o_voxel.postprocess.to_glb``, §9).
 
-Stages: fill small holes (§8.2) → clean (degenerate/duplicate faces, tiny components) → decimate to
-``target_faces`` (§9.3) → clean again and unify the face orientation (outwards) → UV unwrap (§9.4, our fast chart
-unwrapper) → vertex normals → bake the PBR textures from the voxels (§9.5) → write the GLB (§9.6). This is the official *no-remesh* branch (§9.2'); the
-narrow-band remesh of branch A is not implemented, so the default material is double-sided as in that branch.
+Stages: fill small holes (§8.2; the result is the *original* surface the textures are sampled from) → geometry →
+UV unwrap (§9.4, our fast chart unwrapper) → vertex normals → bake the PBR textures from the voxels, projecting every
+texel onto the original surface first (§9.5) → write the GLB (§9.6).
+
+Geometry, two official branches (``ExportConfig.remesh``):
+
+* ``remesh=False`` (default here; §9.2' branch B): clean (degenerate/duplicate faces, tiny components) → decimate to
+  ``target_faces`` (§9.3) → clean again and unify the face orientation (outwards). Material double-sided.
+* ``remesh=True`` (the official demo's choice; §9.2 branch A): narrow-band dual-contouring remesh of the original at
+  the voxel resolution (a closed shell ``remesh_band`` cells outside the surface) → decimate → drop degenerate and
+  duplicate faces (§9.4 step 1). No orientation pass (dual contouring is consistently oriented). Single-sided.
 """
 from __future__ import annotations
 
@@ -21,9 +28,11 @@ from ..errors import CancelledError, InputError
 from ..mesh.types import Mesh, PbrVoxels
 from .bake import bake_pbr_textures
 from .clean import clean_mesh, remove_unreferenced_vertices
+from .closest import TriangleGrid
 from .decimate import decimate_mesh
 from .glb import ALPHA_MODES, TEXTURE_FORMATS, check_output_path, write_glb
 from .holes import fill_holes
+from .remesh import remesh_narrow_band
 from .unwrap import unwrap_uv
 
 __all__ = ["ExportConfig", "ExportReport", "export_glb", "vertex_normals"]
@@ -45,12 +54,20 @@ class ExportConfig:
     texture_size: int = 2048  # texels per side of both textures, 256..8192
     alpha_mode: str = "OPAQUE"  # glTF alphaMode: OPAQUE (official), MASK or BLEND
     alpha_cutoff: float = 0.5  # alphaCutoff for MASK, in [0, 1]
-    double_sided: bool = True  # glTF doubleSided (official: True without remesh)
+    double_sided: bool | None = None  # glTF doubleSided; None = official rule, ``not remesh``
     texture_format: str = "png"  # png (portable) or webp (smaller; needs EXT_texture_webp in the viewer)
     png_compress_level: int = 3  # zlib level of PNG textures, 0..9 (6 = Pillow's default: ~2x slower, ~25 % smaller)
     fill_holes_perimeter: float = 3e-2  # close boundary loops shorter than this (world units); 0 disables
     min_component_area: float = 1e-5  # drop face components smaller than this (world units²); 0 disables
     uv_padding: int = 2  # minimum gap between UV charts, texels
+    remesh: bool = False  # narrow-band dual-contouring remesh (official demo: True; §9.2 branch A)
+    remesh_band: float = 1.0  # remesh shell offset, in voxels of the decoded grid (official 1), (0, 4]
+    remesh_project: float = 0.0  # move remeshed vertices this fraction back onto the surface, [0, 1] (demo 0)
+
+    @property
+    def material_double_sided(self) -> bool:
+        """The glTF ``doubleSided`` written: ``double_sided`` if set, else ``not remesh`` (§9.6)."""
+        return (not self.remesh) if self.double_sided is None else bool(self.double_sided)
 
     def __post_init__(self) -> None:
         if not isinstance(self.target_faces, int) or self.target_faces < 0:
@@ -72,6 +89,14 @@ class ExportConfig:
             raise InputError(f"png_compress_level must be an int in 0..9, got {self.png_compress_level!r}")
         if not isinstance(self.uv_padding, int) or not 1 <= self.uv_padding <= 64:
             raise InputError(f"uv_padding must be an int in 1..64 texels, got {self.uv_padding!r}")
+        if not isinstance(self.remesh, bool):
+            raise InputError(f"remesh must be True or False, got {self.remesh!r}")
+        if self.double_sided is not None and not isinstance(self.double_sided, bool):
+            raise InputError(f"double_sided must be True, False or None (official rule), got {self.double_sided!r}")
+        if not (isinstance(self.remesh_band, (int, float)) and 0 < self.remesh_band <= 4):
+            raise InputError(f"remesh_band must be in (0, 4] voxels (official 1), got {self.remesh_band!r}")
+        if not (isinstance(self.remesh_project, (int, float)) and 0 <= self.remesh_project <= 1):
+            raise InputError(f"remesh_project must be in [0, 1] (official demo 0), got {self.remesh_project!r}")
 
 
 @dataclass(frozen=True)
@@ -131,7 +156,7 @@ def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, confi
     cfg = config or ExportConfig()
     _validate(mesh, pbr_voxels)
     target = check_output_path(path)
-    stages = ["fill_holes", "clean", "decimate", "unwrap", "bake", "write"]
+    stages = ["fill_holes", "remesh" if cfg.remesh else "clean", "decimate", "unwrap", "bake", "write"]
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
 
@@ -146,13 +171,23 @@ def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, confi
             if stage != stages[-1] and cancelled is not None and cancelled():  # once written, the export stands
                 raise CancelledError(f"GLB export cancelled after stage {stage!r}")
 
-    work = fill_holes(mesh, cfg.fill_holes_perimeter)
+    original = fill_holes(mesh, cfg.fill_holes_perimeter)  # §9.1 step 2: kept for attribute transfer
     advance("fill_holes")
-    # QEM quadrics ignore winding, so orientation is unified once, on the (smaller) decimated mesh
-    work = clean_mesh(work, cfg.min_component_area, orient=False)
-    advance("clean")
-    work = decimate_mesh(work, cfg.target_faces)
-    work = clean_mesh(work)
+    surface: Mesh | TriangleGrid | None = None  # what the texels are projected onto (None: they lie on it)
+    if cfg.remesh:
+        surface = TriangleGrid(original.vertices, original.faces)
+        work = remesh_narrow_band(original, pbr_voxels.resolution, float(cfg.remesh_band),
+                                  float(cfg.remesh_project), grid=surface)
+        advance("remesh")
+        work = clean_mesh(decimate_mesh(work, cfg.target_faces), orient=False)
+    else:
+        # QEM quadrics ignore winding, so orientation is unified once, on the (smaller) decimated mesh
+        work = clean_mesh(original, cfg.min_component_area, orient=False)
+        advance("clean")
+        decimated = decimate_mesh(work, cfg.target_faces)
+        if decimated is not work:  # the surface moved: project texels back onto the original (§9.5 step 3)
+            surface = original
+        work = clean_mesh(decimated)
     work, _ = remove_unreferenced_vertices(work)
     if work.num_faces == 0:
         raise InputError("no faces are left after clean-up (the mesh was degenerate or made of tiny pieces)")
@@ -160,11 +195,12 @@ def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, confi
     atlas = unwrap_uv(work, cfg.texture_size, padding=cfg.uv_padding)
     normals = vertex_normals(work)[atlas.vmap]
     advance("unwrap")
-    textures = bake_pbr_textures(atlas.uvs, atlas.faces, atlas.vertices, pbr_voxels, cfg.texture_size)
+    textures = bake_pbr_textures(atlas.uvs, atlas.faces, atlas.vertices, pbr_voxels, cfg.texture_size,
+                                 surface=surface)
     advance("bake")
     size = write_glb(target, atlas.vertices, atlas.faces, normals, atlas.uvs, textures.base_color,
                      textures.metallic_roughness, alpha_mode=cfg.alpha_mode, alpha_cutoff=cfg.alpha_cutoff,
-                     double_sided=cfg.double_sided, texture_format=cfg.texture_format,
+                     double_sided=cfg.material_double_sided, texture_format=cfg.texture_format,
                      png_compress_level=cfg.png_compress_level)
     advance("write")
     report = ExportReport(path=str(target), bytes=size, faces=int(atlas.faces.shape[0]),
