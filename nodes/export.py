@@ -37,8 +37,8 @@ def export_inputs() -> dict[str, tuple]:
                                            "tooltip": "glTF alphaMode: OPAQUE (official) ignores the alpha channel, "
                                                       "MASK cuts at 0.5, BLEND blends."}),
         "double_sided": ("BOOLEAN", {"default": True,
-                                     "tooltip": "Render both sides of every face (official: on, since the mesh "
-                                                "is not remeshed)."}),
+                                     "tooltip": "Render both sides of every face (official: on without remesh). "
+                                                "Export GLB turns it off when remesh is on."}),
         "texture_format": (list(TEXTURE_FORMATS), {"default": "png",
                                                    "tooltip": "png: lossless, opens everywhere. webp: much smaller, "
                                                               "needs viewers with EXT_texture_webp."}),
@@ -46,9 +46,11 @@ def export_inputs() -> dict[str, tuple]:
 
 
 def export_config(texture_size: int, target_faces: int, alpha_mode: str, double_sided: bool,
-                  texture_format: str) -> ExportConfig:
+                  texture_format: str, remesh: bool = False) -> ExportConfig:
+    """The export settings of the widgets; a remeshed mesh is a closed shell, so it is single-sided (§9.6)."""
     return ExportConfig(target_faces=int(target_faces), texture_size=int(texture_size), alpha_mode=alpha_mode,
-                        double_sided=bool(double_sided), texture_format=texture_format)
+                        double_sided=bool(double_sided) and not remesh, texture_format=texture_format,
+                        remesh=bool(remesh))
 
 
 def _write_unwrapped(item: MeshAsset, target: Path, cfg: ExportConfig, progress: Any) -> tuple[int, int]:
@@ -61,7 +63,7 @@ def _write_unwrapped(item: MeshAsset, target: Path, cfg: ExportConfig, progress:
         raise CancelledError("GLB export cancelled before writing")
     write_glb(target, atlas.vertices, atlas.faces, normals, atlas.uvs, textures.base_color,
               textures.metallic_roughness, alpha_mode=cfg.alpha_mode, alpha_cutoff=cfg.alpha_cutoff,
-              double_sided=cfg.double_sided, texture_format=cfg.texture_format,
+              double_sided=cfg.material_double_sided, texture_format=cfg.texture_format,
               png_compress_level=cfg.png_compress_level)
     progress.step("write", 2, 2)
     return int(atlas.faces.shape[0]), int(atlas.vertices.shape[0])
@@ -82,6 +84,9 @@ def write_items(items: tuple[MeshAsset, ...], filename_prefix: str, cfg: ExportC
             target = next_output_path(out_dir, filename_prefix, "glb")
             sub = progress.grouped(f"export {target.name}")
             if item.atlas is not None:
+                if cfg.remesh:
+                    raise InputError("remesh cannot change a mesh that UV Unwrap already unwrapped: turn remesh off "
+                                     "or remove the UV Unwrap node")
                 faces, vertices = _write_unwrapped(item, target.path, cfg, sub)
             else:
                 report = export_glb(item.mesh, item.pbr, target.path, cfg, sub)
@@ -112,11 +117,17 @@ class Trellis2ExportGLB:
                                                     "'..' and absolute paths are neutralised (files stay inside "
                                                     "output/); a counter _00001_ is appended."}),
             **export_inputs(),
+        }, "optional": {
+            "remesh": ("BOOLEAN", {"default": False,
+                                   "tooltip": "Rebuild the surface as a closed shell about 1 voxel outside it "
+                                              "(narrow-band dual contouring, what the official demo does), then "
+                                              "simplify; single-sided. Off keeps the decoded surface (double-sided). "
+                                              "Slower on CPU; not with a mesh from UV Unwrap."}),
         }}
 
     def export(self, mesh: tuple[MeshAsset, ...], filename_prefix: str, texture_size: int, target_faces: int,
-               alpha_mode: str, double_sided: bool, texture_format: str) -> dict[str, Any]:
-        cfg = export_config(texture_size, target_faces, alpha_mode, double_sided, texture_format)
+               alpha_mode: str, double_sided: bool, texture_format: str, remesh: bool = False) -> dict[str, Any]:
+        cfg = export_config(texture_size, target_faces, alpha_mode, double_sided, texture_format, remesh)
         entries = write_items(tuple(mesh), filename_prefix, cfg)
         first = entries[0]
         path = f"{first['subfolder']}/{first['filename']}" if first["subfolder"] else first["filename"]

@@ -101,6 +101,21 @@ def test_cli_options_map_to_sampler_overrides():
     assert args.faces == 500_000 and args.texture_size == 2048 and args.background == "auto"
 
 
+def test_cli_remesh_flag_writes_a_single_sided_remeshed_glb(tmp_path, capsys):
+    import json
+    import struct
+
+    assert build_parser().parse_args(["in.png", "-o", "o.glb"]).remesh is False  # default: official branch B
+    tiny = require_tiny_pipeline()
+    out = tmp_path / "remeshed.glb"
+    rc = main([str(_image()), "-o", str(out), *_fast(tiny), "--remesh", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    assert_valid_glb(out, 256)
+    raw = out.read_bytes()
+    gltf = json.loads(raw[20:20 + struct.unpack_from("<I", raw, 12)[0]])
+    assert gltf["materials"][0].get("doubleSided", False) is False  # §9.6: doubleSided = not remesh
+
+
 def test_cli_help_runs():
     with pytest.raises(SystemExit) as exc:
         main(["--help"])

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="png (opens everywhere) or webp (smaller, needs EXT_texture_webp; official)")
     e.add_argument("--alpha-mode", choices=("OPAQUE", "MASK", "BLEND"), default="OPAQUE",
                    help="glTF alpha mode of the material (default: %(default)s, as official)")
+    e.add_argument("--remesh", action="store_true",
+                   help="narrow-band dual-contouring remesh before decimation, as the official demo (closed, "
+                        "single-sided shell ~1 voxel outside the surface; slower on CPU)")
     o = p.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -145,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .postprocess import ExportConfig
 
         export = ExportConfig(target_faces=args.faces, texture_size=args.texture_size,
-                              texture_format=args.texture_format, alpha_mode=args.alpha_mode)
+                              texture_format=args.texture_format, alpha_mode=args.alpha_mode, remesh=args.remesh)
         result = image_to_glb(
             args.image, args.output, pipeline=args.pipeline, pipeline_type=args.pipeline_type, seed=args.seed,
             steps=args.steps, guidance=args.guidance, samplers=_stage_overrides(args), max_num_tokens=args.max_tokens,

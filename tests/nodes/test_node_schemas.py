@@ -129,3 +129,17 @@ def test_only_the_bridge_touches_comfyui(path):
         text = path.read_text()
         assert "importlib" not in text and "comfy_module(" not in text, f"{path.name}: ComfyUI access outside the bridge"
     assert len(path.read_text().splitlines()) <= 300, f"{path.name}: node files stay under 300 lines"
+
+
+def test_export_node_remesh_option():
+    """Export GLB offers the official remesh as an optional toggle (off by default, so saved workflows keep their
+    behaviour); turning it on makes the material single-sided (§9.6)."""
+    from nodes.export import export_config
+
+    spec = NODE_CLASS_MAPPINGS["Trellis2ExportGLB"].INPUT_TYPES()
+    kind, opts = spec["optional"]["remesh"]
+    assert kind == "BOOLEAN" and opts["default"] is False and "remesh" not in spec["required"]
+    on = export_config(1024, 1000, "OPAQUE", True, "png", remesh=True)
+    off = export_config(1024, 1000, "OPAQUE", True, "png")
+    assert (on.remesh, on.material_double_sided) == (True, False)
+    assert (off.remesh, off.material_double_sided) == (False, True)

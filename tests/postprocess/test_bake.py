@@ -112,3 +112,41 @@ def test_uncovered_texels_are_dilated_from_their_neighbours():
     assert out[1, 2].tolist() == [200, 10, 10] and out[2, 7].tolist() == [10, 10, 200]  # next to one chart
     assert out[3, 4].tolist() == [105, 10, 105]  # between the two: the mean of its covered neighbours
     assert int(out.float().sum(-1).eq(0).sum()) == 0  # no black texel left anywhere
+
+
+def _plane(z: float, half: float = 0.25):
+    """Two triangles spanning [-half, half]² at height ``z`` with UVs over the whole [0, 1]² atlas."""
+    v = torch.tensor([[-half, -half, z], [half, -half, z], [half, half, z], [-half, half, z]])
+    uv = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    f = torch.tensor([[0, 1, 2], [0, 2, 3]], dtype=torch.int32)
+    return v, uv, f
+
+
+def test_texels_are_projected_onto_the_original_surface_before_sampling():
+    """§9.5 step 3: an offset surface (the remesher's shell) must bake the colours of the original surface.
+
+    Voxel layer k (red) holds the original plane at its voxel centres; layer k + 1 (blue) lies one voxel above. A
+    copy of the plane one voxel higher samples blue by itself, red after projection onto the original.
+    """
+    from trellis2_core.mesh.types import Mesh
+
+    res, k = 32, 16
+    z0 = (k + 0.5) / res - 0.5
+    ij = torch.stack(torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij"), -1).reshape(-1, 2)
+    red = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.5, 1.0])
+    blue = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.5, 1.0])
+    coords = torch.cat((torch.cat((ij, torch.full((ij.shape[0], 1), k)), 1),
+                        torch.cat((ij, torch.full((ij.shape[0], 1), k + 1)), 1))).to(torch.int32)
+    attrs = torch.cat((red.expand(ij.shape[0], 6), blue.expand(ij.shape[0], 6)))
+    voxels = PbrVoxels(coords, attrs.contiguous(), res)
+    original_v, uv, f = _plane(z0)
+    original = Mesh(original_v, f)
+    offset_v, _, _ = _plane(z0 + 1.0 / res)
+
+    plain = bake_pbr_textures(uv, f, offset_v, voxels, 64)
+    projected = bake_pbr_textures(uv, f, offset_v, voxels, 64, surface=original)
+    assert float(plain.base_color[..., 2].float().mean()) > 250  # without projection: the wrong (blue) layer
+    assert float(projected.base_color[..., 0].float().min()) >= 254  # projected: red everywhere
+    assert float(projected.base_color[..., 2].float().max()) <= 1
+    on_surface = bake_pbr_textures(uv, f, original_v, voxels, 64)
+    assert torch.equal(projected.base_color, on_surface.base_color)  # same texels as baking the original itself

@@ -108,3 +108,44 @@ def test_vertex_normals_are_area_weighted_and_unit(icosphere):
     assert float((n * v / v.norm(dim=1, keepdim=True)).sum(1).min()) > 0.99  # sphere: normals are radial
     lone = Mesh(torch.cat((v, torch.zeros(1, 3))), f)  # an unreferenced vertex gets +z
     assert vertex_normals(lone)[-1].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_remesh_export_is_a_closed_single_sided_shell(tmp_path, blob48):
+    import json
+    import struct
+
+    mesh, voxels = blob48
+    progress = Recorder()
+    cfg = ExportConfig(target_faces=6000, texture_size=256, remesh=True)
+    assert cfg.material_double_sided is False and ExportConfig().material_double_sided is True
+    report = export_glb(mesh, voxels, tmp_path / "remeshed.glb", cfg, progress=progress)
+    stages = ["fill_holes", "remesh", "decimate", "unwrap", "bake", "write"]
+    assert list(report.timings) == stages and [s for s, _, _ in progress.steps] == stages
+    assert report.faces <= 6000
+    raw = (tmp_path / "remeshed.glb").read_bytes()
+    length = struct.unpack_from("<I", raw, 12)[0]
+    gltf = json.loads(raw[20:20 + length])
+    assert gltf["materials"][0].get("doubleSided", False) is False
+    scene = trimesh.load(tmp_path / "remeshed.glb")
+    (loaded,) = scene.geometry.values()
+    loaded.merge_vertices(merge_tex=True, merge_norm=True)  # UV seams split vertices; weld them back
+    assert loaded.is_winding_consistent
+    flat = export_glb(mesh, voxels, tmp_path / "flat.glb", ExportConfig(target_faces=6000, texture_size=256))
+    # texels are projected back onto the original surface: both exports bake the same colours on average
+    a = trimesh.load(tmp_path / "remeshed.glb").geometry
+    b = trimesh.load(tmp_path / "flat.glb").geometry
+    colour = [next(iter(g.values())).visual.material.baseColorTexture for g in (a, b)]
+    means = [torch.tensor(list(c.convert("RGB").resize((1, 1), 4).getpixel((0, 0))), dtype=torch.float32)
+             for c in colour]
+    assert float((means[0] - means[1]).abs().max()) < 12, (means, flat.faces)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"remesh_band": 0}, "remesh_band"),
+    ({"remesh_project": 1.5}, "remesh_project"),
+    ({"remesh": 1}, "remesh must be"),
+    ({"double_sided": "yes"}, "double_sided"),
+])
+def test_remesh_config_validation(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        ExportConfig(**kwargs)
