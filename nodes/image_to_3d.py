@@ -91,7 +91,8 @@ class Trellis2ImageTo3D:
                 target = next_output_path(bridge.output_dir(), filename_prefix, "glb")
                 result = image_to_glb(pil, target.path, pipeline=pipeline.pipeline, pipeline_type=ptype.name,
                                       seed=int(seed), steps=int(steps), export=cfg, background="auto",
-                                      mask=np_mask, matting_model=matting, progress=progress)
+                                      mask=np_mask, matting_model=matting, progress=progress,
+                                      fast=pipeline.fast)
                 entries.append({"filename": target.name, "subfolder": target.subfolder, "type": "output",
                                 "faces": result.export.faces, "vertices": result.export.vertices})
                 decoded = result.pipeline.decoded

@@ -1,15 +1,17 @@
-"""What the nodes share: the loaded-pipeline handle with its VRAM preset, and progress/cancel plumbing.
+"""What the nodes share: the loaded-pipeline handle with its VRAM preset and fast-path switches, and progress/cancel
+plumbing.
 
-The VRAM preset decides how long models stay loaded (the library's :class:`~trellis2_core.loading.ModelStore`
-loads each one lazily on first use):
+The VRAM preset is the library's (``trellis2_core.loading.residency``), applied by the pipeline's model store:
 
-* ``high``: every model stays loaded after its stage (fastest re-runs; ~24 GB for the 4B pipeline on a GPU).
-* ``medium``: the large flow transformers are released after their stage; DINOv3 and the decoders stay.
-* ``low``: every model, DINOv3 included, is released right after its stage.
+* ``high``: every model stays on the GPU after its stage (fastest; ~16–21 GB for the 4B pipeline).
+* ``medium``: a model's weights are on the GPU only while its stage runs; the next model is copied in from
+  page-locked host memory during the current stage (≤ 8 GB at 1024, ~3 % slower; benchmarks/RESULTS.md).
+* ``low``: weights stay in host memory and each transformer/decoder block is streamed in just before it runs
+  (≤ 4 GB at 1024, ~7 % slower).
 
-Before a stage loads models on a GPU under ``medium``/``low``, ComfyUI's model management is asked to free that
-much memory (it unloads its own models, e.g. an SDXL checkpoint), and after releasing, the allocator cache is
-emptied. CPU offloading of single models inside a stage is not done yet (a later issue).
+Before a stage runs on a GPU under ``medium``/``low``, ComfyUI's model management is asked to free room (it unloads
+its own models, e.g. an SDXL checkpoint), and afterwards the allocator cache is handed back. Models stay loaded (in
+host memory) between stages, so re-runs do not read the checkpoints again.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from trellis2_core.config import FastPathConfig
 from trellis2_core.errors import CancelledError, OutOfMemoryError, WeightsError
 from trellis2_core.loading import resolve_model_files
 from trellis2_core.pipeline.pipeline import Pipeline
@@ -43,7 +46,8 @@ _GIB = 1 << 30
 
 
 def resolve_preset(preset: str, device: torch.device) -> str:
-    """``auto`` → ``high`` on CPU/MPS or GPUs with ≥ 32 GiB, ``medium`` from 16 GiB, else ``low``."""
+    """``auto`` → ``high`` on CPU/MPS or GPUs with ≥ 32 GiB, ``medium`` from 16 GiB, else ``low`` (by total memory:
+    ComfyUI frees its own models for ours when asked)."""
     if preset not in VRAM_PRESETS:
         raise ValueError(f"vram_preset must be one of {', '.join(VRAM_PRESETS)}, got {preset!r}")
     if preset != "auto":
@@ -63,6 +67,7 @@ class PipelineHandle:
     root: Path
     device: torch.device
     vram_preset: str  # resolved: high / medium / low
+    fast: FastPathConfig | None = field(default_factory=FastPathConfig.fast)  # None = the plain eager path
     _extras: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # e.g. matting models
 
     @property
@@ -70,9 +75,7 @@ class PipelineHandle:
         return self.pipeline.config
 
     def conditioner(self) -> Pipeline:
-        """The pipeline to run DINOv3 with; under ``low`` a throw-away one, so DINOv3 is freed with it."""
-        if self.vram_preset == "low":
-            return Pipeline(self.pipeline.config, self.pipeline.models, models_dir=self.pipeline.models_dir)
+        """The pipeline to run DINOv3 with (its weights follow the VRAM preset like every other model's)."""
         return self.pipeline
 
     def extra_model(self, key: str, load: Callable[[], Any]) -> Any:
@@ -95,22 +98,16 @@ class PipelineHandle:
 
     @contextlib.contextmanager
     def models_for(self, keys: Iterable[str]) -> Iterator[None]:
-        """Around one stage that uses pipeline models ``keys``: make room before, release after (per preset)."""
+        """Around one stage that uses pipeline models ``keys``: under ``medium``/``low`` on a GPU, make room in
+        ComfyUI before and hand the allocator cache back after (the library moves the weights themselves)."""
         keys = tuple(keys)
-        if self.vram_preset in ("medium", "low") and self.device.type != "cpu":
+        offloads = self.vram_preset in ("medium", "low") and self.device.type != "cpu"
+        if offloads:
             bridge.free_memory(self._estimate_bytes(keys), self.device)
         try:
             yield
         finally:
-            if self.vram_preset == "low":
-                drop = keys
-            elif self.vram_preset == "medium":
-                drop = tuple(k for k in keys if k in FLOW_KEYS)
-            else:
-                drop = ()
-            released = [k for k in drop if self.pipeline.models.release(k)]
-            if released:
-                log.debug("VRAM preset %s: released %s", self.vram_preset, ", ".join(released))
+            if offloads:
                 bridge.empty_cache()
 
 

@@ -121,7 +121,7 @@ class Trellis2SampleStructure:
         with comfy_errors(), pipeline.models_for(keys):
             get = pipeline.pipeline.models
             structure = sample_structure(get(keys[0]), get(keys[1]), conditioning.cond.at(512), sampler, ss_res,
-                                         gen, progress.hooks())
+                                         gen, progress.hooks(), fast=pipeline.fast)
         progress.advance()
         return (StructureAsset(structure=structure, seed=int(seed), rng_state=gen.get_state()),)
 
@@ -174,11 +174,12 @@ class Trellis2SampleShape:
                     get = pipeline.pipeline.models
                     shape = sample_shape_cascade(get(keys[0]), get(keys[1]), get(keys[2]), cond.at(512),
                                                  cond.at(1024), coords, sampler, norm, ptype.resolution, gen,
-                                                 int(max_num_tokens), progress.hooks())
+                                                 int(max_num_tokens), progress.hooks(), fast=pipeline.fast)
             else:
                 with pipeline.models_for((ptype.shape_model,)):
                     shape = sample_shape(pipeline.pipeline.models(ptype.shape_model), cond.at(ptype.cond_resolution),
-                                         coords, sampler, norm, ptype.resolution, gen, progress.hooks())
+                                         coords, sampler, norm, ptype.resolution, gen, progress.hooks(),
+                                         fast=pipeline.fast)
         return (ShapeAsset(shape=shape, pipeline_type=ptype, rng_state=gen.get_state()),)
 
 
@@ -214,6 +215,6 @@ class Trellis2SampleMaterial:
             material = sample_material(
                 pipeline.pipeline.models(ptype.tex_model), conditioning.cond.at(ptype.cond_resolution),
                 shape.shape.slat, sampler, pipeline.config.normalization("shape_slat"),
-                pipeline.config.normalization("tex_slat"), gen, progress.hooks())
+                pipeline.config.normalization("tex_slat"), gen, progress.hooks(), fast=pipeline.fast)
         return (MaterialAsset(material=material, shape=shape),)
 

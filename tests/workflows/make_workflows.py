@@ -38,7 +38,7 @@ def _node(class_type: str, title: str, **inputs: Any) -> dict[str, Any]:
 
 def _loader(preset: str = "auto") -> dict[str, Any]:
     return _node("Trellis2LoadModel", "Load TRELLIS.2 Model", source=SOURCE, precision="auto",
-                 attention_backend="auto", vram_preset=preset, device="auto", custom_source="")
+                 attention_backend="auto", vram_preset=preset, device="auto", custom_source="", speed="fast")
 
 
 def simple() -> dict[str, Any]:
