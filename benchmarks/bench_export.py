@@ -9,6 +9,7 @@ active voxels with smooth synthetic attributes. The same decimated mesh is also 
 
     python benchmarks/bench_export.py                      # ~0.93 M faces → 200 k, 2048², CPU, with xatlas
     python benchmarks/bench_export.py --device cuda --faces 500000 --skip-xatlas
+    python benchmarks/bench_export.py --res 256 --faces 100000 --texture-size 1024 --remesh --skip-xatlas
 """
 from __future__ import annotations
 
@@ -99,10 +100,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_export(mesh: Mesh, voxels: PbrVoxels, faces: int, size: int, fmt: str, out: Path | None):
-    """One export, stage by stage; returns (timings, atlas, textures)."""
-    from trellis2_core.postprocess import (bake_pbr_textures, clean_mesh, decimate_mesh, fill_holes,
-                                           remove_unreferenced_vertices, unwrap_uv, vertex_normals, write_glb)
+def run_export(mesh: Mesh, voxels: PbrVoxels, faces: int, size: int, fmt: str, out: Path | None,
+               remesh: bool = False):
+    """One export, stage by stage; returns (timings, atlas, textures). ``closest`` times the closest-point
+    projection of every covered texel onto the original surface alone (it is also part of ``bake``)."""
+    from trellis2_core.postprocess import (TriangleGrid, bake_pbr_textures, clean_mesh, decimate_mesh, fill_holes,
+                                           remesh_narrow_band, remove_unreferenced_vertices, unwrap_uv,
+                                           vertex_normals, write_glb)
+    from trellis2_core.postprocess.bake import PROJECTION_RADIUS_VOXELS, project_to_surface, rasterize_positions
     device = mesh.vertices.device
     times: dict[str, float] = {}
 
@@ -114,12 +119,22 @@ def run_export(mesh: Mesh, voxels: PbrVoxels, faces: int, size: int, fmt: str, o
         times[name] = time.perf_counter() - t
         return value
 
-    work = stage("fill_holes", lambda: fill_holes(mesh))
-    work = stage("clean", lambda: clean_mesh(work, 1e-5, orient=False))
-    work = stage("decimate", lambda: decimate_mesh(work, faces))
-    work = stage("clean+orient", lambda: remove_unreferenced_vertices(clean_mesh(work))[0])
+    original = stage("fill_holes", lambda: fill_holes(mesh))
+    grid = stage("closest_grid", lambda: TriangleGrid(original.vertices, original.faces))
+    if remesh:
+        work = stage("remesh", lambda: remesh_narrow_band(original, voxels.resolution, grid=grid))
+        work = stage("decimate", lambda: decimate_mesh(work, faces))
+        work = stage("clean", lambda: remove_unreferenced_vertices(clean_mesh(work, orient=False))[0])
+    else:
+        work = stage("clean", lambda: clean_mesh(original, 1e-5, orient=False))
+        work = stage("decimate", lambda: decimate_mesh(work, faces))
+        work = stage("clean+orient", lambda: remove_unreferenced_vertices(clean_mesh(work))[0])
     atlas = stage("unwrap", lambda: unwrap_uv(work, size))
-    tex = stage("bake", lambda: bake_pbr_textures(atlas.uvs, atlas.faces, atlas.vertices, voxels, size))
+    _, points = rasterize_positions(atlas.uvs, atlas.faces, atlas.vertices, size)
+    stage(f"closest ({points.shape[0] / 1e6:.2f} M texels)",
+          lambda: project_to_surface(points, grid, PROJECTION_RADIUS_VOXELS / voxels.resolution))
+    tex = stage("bake", lambda: bake_pbr_textures(atlas.uvs, atlas.faces, atlas.vertices, voxels, size,
+                                                  surface=grid))
     if out is not None:
         normals = vertex_normals(work)[atlas.vmap]
         stage("write_glb", lambda: write_glb(out, atlas.vertices, atlas.faces, normals, atlas.uvs, tex.base_color,
@@ -204,6 +219,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--skip-xatlas", action="store_true")
+    ap.add_argument("--remesh", action="store_true", help="narrow-band DC remesh before decimation (§9.2 branch A)")
     ap.add_argument("--no-write", action="store_true", help="skip the GLB writing stage")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs after one warm-up (GPU) / none (CPU)")
     args = ap.parse_args()
@@ -220,7 +236,8 @@ def main() -> None:
         out = None if args.no_write else Path(tmp) / "bench.glb"
         runs = args.repeat + (1 if device.type == "cuda" else 0)
         for i in range(runs):
-            times, work, atlas, tex = run_export(mesh, voxels, args.faces, args.texture_size, args.format, out)
+            times, work, atlas, tex = run_export(mesh, voxels, args.faces, args.texture_size, args.format, out,
+                                                 remesh=args.remesh)
             if device.type == "cuda" and i == 0:
                 continue  # warm-up (Triton compile, allocator)
             flipped = count_flipped(atlas.uvs, atlas.faces)
@@ -233,7 +250,8 @@ def main() -> None:
         if out is not None:  # the public one-call API on the same input (includes validation and all clean-ups)
             from trellis2_core.postprocess import ExportConfig, export_glb
 
-            cfg = ExportConfig(target_faces=args.faces, texture_size=args.texture_size, texture_format=args.format)
+            cfg = ExportConfig(target_faces=args.faces, texture_size=args.texture_size, texture_format=args.format,
+                               remesh=args.remesh)
             _sync(device)
             t = time.perf_counter()
             report = export_glb(mesh, voxels, out, cfg)

@@ -56,24 +56,38 @@ class BakedTextures:
 def rasterize_positions(uvs: Tensor, faces: Tensor, positions: Tensor, size: int,
                         policy: KernelPolicy | None = None) -> tuple[Tensor, Tensor]:
     """Steps 1–2: ``(covered [T, T] bool, points [K, 3])`` with the interpolated position of every covered texel
-    (row-major order)."""
+    (row-major order).
+
+    Barycentrics are affine in the pixel position, so each face gets its coefficients once
+    (``w_a = α0 + α1·x + α2·y``, same for ``w_b``; ``w_c = 1 − w_a − w_b``) and each texel needs one gather of
+    per-face rows (component-major, contiguous) and a few multiply-adds. Weights are clamped at 0 and
+    renormalised, so rounding never extrapolates off the face.
+    """
     uv_px = (uvs.to(torch.float32) * size).contiguous()
+    f64 = faces.to(torch.int64)
     face_id = uv_raster(uv_px, faces.to(torch.int32).contiguous(), size, size, policy=policy)  # [T, T] int32
     covered = face_id >= 0
     flat = covered.reshape(-1).nonzero().squeeze(1)
-    fid = face_id.reshape(-1)[flat].to(torch.int64)
-    tri = uv_px[faces.to(torch.int64)[fid]]  # [K, 3, 2]
+    fid = face_id.reshape(-1).index_select(0, flat).to(torch.int64)
+    a, b, c = uv_px[f64[:, 0]], uv_px[f64[:, 1]], uv_px[f64[:, 2]]  # [F, 2] each
+    area2 = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    inv = torch.where(area2 != 0, 1.0 / torch.where(area2 != 0, area2, 1.0), 0.0)
+    third = torch.where(area2 != 0, 0.0, 1.0 / 3.0)  # zero-area faces: the centroid
+    coef = torch.stack((
+        (b[:, 0] * c[:, 1] - b[:, 1] * c[:, 0]) * inv + third, (b[:, 1] - c[:, 1]) * inv, (c[:, 0] - b[:, 0]) * inv,
+        (c[:, 0] * a[:, 1] - c[:, 1] * a[:, 0]) * inv + third, (c[:, 1] - a[:, 1]) * inv, (a[:, 0] - c[:, 0]) * inv,
+    ))  # [6, F]
+    corner = positions.to(torch.float32)[f64].reshape(-1, 9).t().contiguous()  # [9, F]: a xyz, b xyz, c xyz
+    k = coef.index_select(1, fid)  # [6, K]
     px = (flat % size).to(torch.float32) + 0.5
     py = (flat // size).to(torch.float32) + 0.5
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    area2 = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-    w_a = (b[:, 0] - px) * (c[:, 1] - py) - (b[:, 1] - py) * (c[:, 0] - px)
-    w_b = (c[:, 0] - px) * (a[:, 1] - py) - (c[:, 1] - py) * (a[:, 0] - px)
-    bary = torch.stack((w_a, w_b, area2 - w_a - w_b), dim=1) / area2[:, None]
-    bary = bary.clamp(min=0.0)
-    bary = bary / bary.sum(1, keepdim=True).clamp(min=1e-12)
-    corner = positions.to(torch.float32)[faces.to(torch.int64)[fid]]  # [K, 3, 3]
-    points = (bary[:, :, None] * corner).sum(1)
+    w_a = (k[0] + k[1] * px + k[2] * py).clamp_(min=0.0)
+    w_b = (k[3] + k[4] * px + k[5] * py).clamp_(min=0.0)
+    w_c = (1.0 - (k[0] + k[1] * px + k[2] * py) - (k[3] + k[4] * px + k[5] * py)).clamp_(min=0.0)
+    norm = (w_a + w_b + w_c).clamp_(min=1e-12)
+    w_a, w_b, w_c = w_a / norm, w_b / norm, w_c / norm
+    pos = corner.index_select(1, fid)  # [9, K]
+    points = torch.stack([w_a * pos[i] + w_b * pos[3 + i] + w_c * pos[6 + i] for i in range(3)], dim=1)
     return covered, points
 
 
@@ -95,32 +109,36 @@ class _VoxelIndex:
         """Row of each key (``-1`` if absent) and its insertion position."""
         pos = torch.searchsorted(self.keys, key)
         pos_c = pos.clamp(max=self.keys.numel() - 1)
-        return torch.where(self.keys[pos_c] == key, self.order[pos_c], -1), pos
+        return torch.where(self.keys.index_select(0, pos_c) == key, self.order.index_select(0, pos_c), -1), pos
 
 
 def _trilinear_chunk(index: _VoxelIndex, attrs: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
-    """Renormalised trilinear values [K, C] at grid positions ``q`` [K, 3] and Σw [K] over existing voxels."""
+    """Renormalised trilinear values [K, C] at grid positions ``q`` [K, 3] and Σw [K] over existing voxels.
+
+    ``attrs`` [M + 1, C] carries a zero row at index M for absent neighbours, so the 8 terms accumulate with plain
+    row gathers (no [K, 8, C] intermediate)."""
     # Clamping to [-0.5, res + 0.5] changes nothing: beyond it both neighbours per axis are outside the grid, and at
     # the clamp value the outer neighbour's weight is exactly 0.
     q = q.clamp(-0.5, index.resolution + 0.5)
     base_f = torch.floor(q - 0.5)
     frac = q - 0.5 - base_f  # [K, 3] weight of the +1 neighbour per axis
+    fx, fy, fz = frac.unbind(1)
     k000 = index.key(base_f.to(torch.int64))
     n, r = index.keys.numel(), index.radix
-    rows, weights = [], []
+    absent = attrs.shape[0] - 1
+    value = torch.zeros(q.shape[0], attrs.shape[1], dtype=attrs.dtype, device=q.device)
+    wsum = torch.zeros(q.shape[0], dtype=attrs.dtype, device=q.device)
     for dx, dy in itertools.product((0, 1), (0, 1)):
         key0 = k000 + (dx * r * r + dy * r)
         row0, pos = index.find(key0)
         # z + 1 has key0 + 1: right after key0 when key0 exists, at key0's insertion point otherwise
         pos1 = (pos + (row0 >= 0).to(torch.int64)).clamp(max=n - 1)
-        row1 = torch.where(index.keys[pos1] == key0 + 1, index.order[pos1], -1)
-        wxy = (frac[:, 0] if dx else 1 - frac[:, 0]) * (frac[:, 1] if dy else 1 - frac[:, 1])
-        rows += [row0, row1]
-        weights += [wxy * (1 - frac[:, 2]), wxy * frac[:, 2]]
-    row = torch.stack(rows, dim=1)  # [K, 8]
-    w = torch.where(row >= 0, torch.stack(weights, dim=1), 0.0)  # [K, 8], absent voxels dropped
-    wsum = w.sum(1)
-    value = torch.einsum("kn,knc->kc", w, attrs[row.clamp(min=0)])
+        row1 = torch.where(index.keys.index_select(0, pos1) == key0 + 1, index.order.index_select(0, pos1), -1)
+        wxy = (fx if dx else 1 - fx) * (fy if dy else 1 - fy)
+        for row, w in ((row0, wxy * (1 - fz)), (row1, wxy * fz)):
+            w = torch.where(row >= 0, w, 0.0)  # absent voxels are dropped
+            value.addcmul_(attrs.index_select(0, torch.where(row >= 0, row, absent)), w[:, None])
+            wsum += w
     return value / wsum.clamp(min=1e-12)[:, None], wsum
 
 
@@ -166,12 +184,13 @@ def sample_pbr_voxels(voxels: PbrVoxels, points: Tensor, fallback: bool = True) 
     attrs = voxels.attrs.to(device=points.device, dtype=torch.float32)
     if voxels.coords.shape[0] == 0:
         return torch.zeros(points.shape[0], attrs.shape[1], dtype=torch.float32, device=points.device)
+    padded = torch.cat((attrs, attrs.new_zeros(1, attrs.shape[1])))  # row M: absent neighbour
     index = _VoxelIndex(voxels.coords.to(points.device), voxels.resolution)
     out = torch.empty(points.shape[0], attrs.shape[1], dtype=torch.float32, device=points.device)
     for start in range(0, points.shape[0], _CHUNK):
         p = points[start:start + _CHUNK].to(torch.float32)
         q = (p + 0.5) * voxels.resolution  # origin −0.5, voxel size 1/res (§8.3)
-        value, wsum = _trilinear_chunk(index, attrs, q)
+        value, wsum = _trilinear_chunk(index, padded, q)
         if fallback:
             miss = (wsum <= 0).nonzero().squeeze(1)
             if miss.numel() > 0:
@@ -198,17 +217,19 @@ def _dilate_once(values: Tensor, known: Tensor) -> None:
     band = (near & ~known).nonzero()  # [K, 2] (row, col)
     if band.shape[0] == 0:
         return
+    flat_values, flat_known = values.view(h * w, -1), known.view(-1)  # row gathers beat 2-D fancy indexing
     total = torch.zeros(band.shape[0], values.shape[-1], dtype=values.dtype, device=values.device)
     count = torch.zeros(band.shape[0], dtype=values.dtype, device=values.device)
     for dy, dx in _RING:
         r, c = band[:, 0] + dy, band[:, 1] + dx
         ok = (r >= 0) & (r < h) & (c >= 0) & (c < w)
-        r, c = r.clamp(0, h - 1), c.clamp(0, w - 1)
-        use = (ok & known[r, c]).to(values.dtype)
-        total += use[:, None] * values[r, c]
+        idx = r.clamp(0, h - 1) * w + c.clamp(0, w - 1)
+        use = (ok & flat_known.index_select(0, idx)).to(values.dtype)
+        total.addcmul_(flat_values.index_select(0, idx), use[:, None])
         count += use
-    values[band[:, 0], band[:, 1]] = total / count.clamp(min=1.0)[:, None]
-    known[band[:, 0], band[:, 1]] = True
+    at = band[:, 0] * w + band[:, 1]
+    flat_values.index_copy_(0, at, total / count.clamp(min=1.0)[:, None])
+    flat_known.index_fill_(0, at, True)
 
 
 def fill_uncovered(image: Tensor, covered: Tensor, dilate_rounds: int = 3) -> Tensor:
