@@ -82,7 +82,7 @@ def _staged(image_src: list, mask_src: list | None, preset: str, resolution: str
         ids["uv"]: _node("Trellis2UnwrapUV", "UV Unwrap", mesh=[ids["dmesh"], 0], texture_size=texture_size,
                          padding=2, max_cone_angle=60.0),
         ids["export"]: _node("Trellis2ExportGLB", "Export GLB", mesh=[ids["uv"], 0],
-                             **_export(prefix, texture_size, target_faces)),
+                             **_export(prefix, texture_size, target_faces), remesh=False),
     }
 
 
