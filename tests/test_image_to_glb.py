@@ -107,16 +107,29 @@ def test_composited_image_through_background_removal(pipe, matting_folder, tmp_p
     assert_valid_glb(result.path, 512)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run single-threaded, then restore. On the shared 2-core machine a second intra-op thread mostly waits for a
+    core: spinning OpenMP workers inflate both the wall and the CPU time the 60 s limit is checked against
+    (measured 6x on closest-point queries under load), while one thread's CPU time is the work itself."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["alpha", "composite"])
 @pytest.mark.parametrize("index", range(len(asset_images())))
-def test_every_asset_image_to_glb(pipe, matting_folder, tmp_path, index, variant):
+def test_every_asset_image_to_glb(pipe, matting_folder, tmp_path, index, variant, one_torch_thread):
     path = asset_images()[index]
     image = path if variant == "alpha" else composite_on_white(path)
     result, clock = _run(pipe, image, tmp_path / f"{path.stem[:12]}_{variant}.glb", 1024, 50_000,
                            matting_model=matting_folder, offline=True)
     assert clock.within(TIME_LIMIT_S), f"{path.name} ({variant}): {clock}"
     assert_valid_glb(result.path, 1024)
+    print(f"{path.name[:12]} ({variant}): {clock}; export stages "
+          + ", ".join(f"{k} {v:.2f}" for k, v in result.export.timings.items()))
 
 
 # ---------------------------------------------------------------------------------------------- bad inputs
