@@ -240,8 +240,10 @@ def _all_models(m: Models) -> dict:
 
 # ------------------------------------------------------------------------------------------------ one run
 class Timer:
+    """Per-stage wall time (ms) and, on CUDA, per-stage peak allocated/reserved memory (GB)."""
+
     def __init__(self, device: torch.device) -> None:
-        self.device, self.ms = device, {}
+        self.device, self.ms, self.peak_gb = device, {}, {}
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -250,10 +252,19 @@ class Timer:
     @contextlib.contextmanager
     def __call__(self, name: str):
         self.sync()
+        cuda = self.device.type == "cuda"
+        if cuda:  # each stage's own peak (the run's peak is the largest of them)
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         yield
         self.sync()
         self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+        if cuda:
+            self.peak_gb[name] = [round(v, 2) for v in self._peaks()]
+
+    def _peaks(self) -> tuple[float, float]:
+        return (torch.cuda.max_memory_allocated(self.device) / 1e9,
+                torch.cuda.max_memory_reserved(self.device) / 1e9)
 
 
 @torch.no_grad()
@@ -297,7 +308,8 @@ def run_pipeline(m: Models, geo: Geometry, ptype: PipelineType, fast: FastPathCo
     with timer("mesh"):
         meshes = m.shape_dec.meshes_from_raw(raw, shape.res)
         pbr_voxels(tex_raw, shape.res)
-    return {"stages_ms": timer.ms, "forwards": fwd, "latents": latents, "n_hr": int(shape.slat.num_voxels),
+    return {"stages_ms": timer.ms, "stage_peak_gb": timer.peak_gb, "forwards": fwd, "latents": latents,
+            "n_hr": int(shape.slat.num_voxels),
             "hr_res": int(shape.res), "voxels_out": int(raw.num_voxels), "faces": int(meshes[0].faces.shape[0])}
 
 
@@ -357,9 +369,10 @@ def bench_type(m: Models, tname: str, modes: list[str], device: torch.device, ti
                 res = run_pipeline(m, geo, ptype, fast, device, warmup=False)
                 res["total_ms"] = sum(v for k, v in res["stages_ms"].items() if k != "mesh")
                 res["total_with_mesh_ms"] = sum(res["stages_ms"].values())
-                if device.type == "cuda":
-                    res["peak_vram_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-                    res["peak_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 1e9
+                if device.type == "cuda":  # the largest per-stage peak (each stage resets the counters)
+                    peaks = list(res["stage_peak_gb"].values())
+                    res["peak_vram_gb"] = max(p[0] for p in peaks)
+                    res["peak_reserved_gb"] = max(p[1] for p in peaks)
                 runs.append(res)
             res = min(runs, key=lambda r: r["total_ms"])
             rec.update({k: v for k, v in res.items() if k != "latents"})
@@ -371,6 +384,7 @@ def bench_type(m: Models, tname: str, modes: list[str], device: torch.device, ti
             log(f"[{tname}] {mode}: total {rec['total_ms']:.0f} ms, peak {rec.get('peak_vram_gb', 0):.2f} GB "
                 f"allocated / {rec.get('peak_reserved_gb', 0):.2f} GB reserved, stages "
                 + ", ".join(f"{k} {v:.0f}" for k, v in res["stages_ms"].items())
+                + (f"; stage peaks GB (alloc, reserved) {res['stage_peak_gb']}" if res.get("stage_peak_gb") else "")
                 + f"; warm-up {rec['warmup_s']:.1f} s; totals {[round(v) for v in rec['all_totals_ms']]}; cos "
                 + ", ".join(f"{k} {v:.5f}" for k, v in rec["cosine"].items()))
         except Exception as err:  # keep going: one failing mode must not lose the other numbers
