@@ -20,7 +20,6 @@ from ..config import FastPathConfig
 from ..errors import InputError
 from ..loading.config import Normalization
 from ..mesh.types import Mesh, PbrVoxels
-from ..models.fp8 import fp8_block_linears
 from ..models.structure_decoder import occupancy_to_coords
 from ..models.streaming import execution_device, weights_on_device
 from ..models.texture_decoder import pbr_voxels
@@ -178,7 +177,11 @@ def _sample(model: nn.Module, noise: Latent, cond: Tensor, params: SamplerParams
                                              zero_const=fast.skip_uncond_cross_attn)
     attn = fast.attention_context(device) if fast is not None else contextlib.nullcontext()
     # approximate fp8 block GEMMs for this stage only (after prepare_context: K/V and constants stay exact)
-    fp8 = fp8_block_linears(model, enabled=fast is not None and fast.fp8_linear)
+    fp8: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if fast is not None and fast.fp8_linear:
+        from ..models.fp8 import fp8_block_linears  # imports torch._dynamo and triton: only when asked for
+
+        fp8 = fp8_block_linears(model)
     with attn, fp8:
         res = sample_flow_euler(model, noise, cond_in, neg_cond, params, extra=extra, on_step=on_step,
                                 should_cancel=hooks.should_cancel, record_calls=hooks.record_calls, stage=stage,
