@@ -119,7 +119,7 @@ def sdxl() -> dict[str, Any]:
 
 
 def low_vram() -> dict[str, Any]:
-    """Staged graph for ~8–12 GB GPUs: models freed after each stage, fewer tokens, smaller textures."""
+    """Staged graph for ~6–12 GB GPUs: blocks streamed from RAM (vram_preset low), fewer tokens, smaller textures."""
     graph = {"1": _node("LoadImage", "Load Image", image=IMAGE)}
     graph.update(_staged(["1", 0], ["1", 1], "low", "1024_cascade", 24576, 200_000, 1024, "trellis2/low_vram", 2))
     return graph
@@ -137,8 +137,9 @@ NOTES = {
                        "single-seed result).",
     "trellis2_sdxl_text_to_3d": "SDXL makes the picture (ask for one object on a plain background), the matting "
                                 "model cuts it out, TRELLIS.2 turns it into a textured GLB.",
-    "trellis2_low_vram": "For 8–12 GB GPUs: vram_preset low frees every model after its stage (ComfyUI unloads its "
-                         "own models first), max_num_tokens 24576, 200k faces, 1024² textures.",
+    "trellis2_low_vram": "For 6–12 GB GPUs: vram_preset low streams each transformer/decoder block from RAM (≤ 4 GB "
+                         "of tensors at 1024; ComfyUI unloads its own models first), max_num_tokens 24576, 200k "
+                         "faces, 1024² textures.",
 }
 COLUMN_X = 40
 COLUMN_W = 380
