@@ -16,7 +16,6 @@ host memory) between stages, so re-runs do not read the checkpoints again.
 from __future__ import annotations
 
 import contextlib
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -26,22 +25,14 @@ import torch
 from trellis2_core.config import FastPathConfig
 from trellis2_core.errors import CancelledError, OutOfMemoryError, WeightsError
 from trellis2_core.loading import resolve_model_files
+from trellis2_core.loading.residency import VRAM_PRESETS
 from trellis2_core.pipeline.pipeline import Pipeline
 from trellis2_core.pipeline.stages import StageHooks
 
 from . import comfy_bridge as bridge
 
-log = logging.getLogger(__name__)
+__all__ = ["VRAM_PRESETS", "PipelineHandle", "resolve_preset", "StageProgress", "comfy_errors", "OOM_HINT"]
 
-__all__ = ["VRAM_PRESETS", "FLOW_KEYS", "PipelineHandle", "resolve_preset", "StageProgress", "comfy_errors",
-           "OOM_HINT"]
-
-VRAM_PRESETS = ("auto", "high", "medium", "low")
-#: the pipeline.json model keys of the large flow transformers (§4.1)
-FLOW_KEYS = frozenset({
-    "sparse_structure_flow_model", "shape_slat_flow_model_512", "shape_slat_flow_model_1024",
-    "tex_slat_flow_model_512", "tex_slat_flow_model_1024",
-})
 _GIB = 1 << 30
 
 

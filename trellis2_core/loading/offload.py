@@ -100,11 +100,12 @@ class HostWeights:
                 by_tensor[key] = len(sources)
                 sources.append(t)
             self._slots.append((owner, name, is_param, by_tensor[key]))
-        self._layout: list[tuple[int, torch.dtype, torch.Size]] = []
+        self._layout: list[tuple[int, int, torch.dtype, torch.Size]] = []  # byte offset, bytes, dtype, shape
         offset = 0
         for t in sources:
-            self._layout.append((offset, t.dtype, t.shape))
-            offset += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
+            nbytes = t.numel() * t.element_size()
+            self._layout.append((offset, nbytes, t.dtype, t.shape))
+            offset += -(-nbytes // _ALIGN) * _ALIGN
         self.flat = _host_buffer(offset, pin)
         self.host = self._views(self.flat)
         for view, t in zip(self.host, sources):
@@ -117,11 +118,7 @@ class HostWeights:
         return int(self.flat.numel())
 
     def _views(self, flat: Tensor) -> list[Tensor]:
-        out = []
-        for offset, dtype, shape in self._layout:
-            n = shape.numel() * torch.empty((), dtype=dtype).element_size()
-            out.append(flat[offset:offset + n].view(dtype).view(shape))
-        return out
+        return [flat[offset:offset + n].view(dtype).view(shape) for offset, n, dtype, shape in self._layout]
 
     def fetch(self, device: torch.device, copier: CopyStream) -> PendingCopy:
         """Start copying the host buffer to ``device`` (on the copy stream on CUDA)."""

@@ -4,15 +4,15 @@ where a model's weights are; the mechanics live in :mod:`.offload`.
 * ``high``: every model stays on the device (fastest; ~15 GB of weights for the 4B pipeline at 1024).
 * ``medium``: a model's weights are on the device only while a stage uses it; the model expected next is copied
   in from page-locked host memory on a side stream meanwhile, so the copy is hidden behind the current stage.
-  The order is learned from the previous uses (``(previous, current) → next``, else ``current → next``), so it works the same for
-  :class:`~trellis2_core.pipeline.Pipeline` runs and for ComfyUI nodes called one by one.
+  The order is learned from the previous uses (``(previous, current) → next``, else ``current → next``), so it
+  works the same for :class:`~trellis2_core.pipeline.Pipeline` runs and for ComfyUI nodes called one by one.
 * ``low``: weights stay in host memory; while a stage runs, a model's small parts (embedders, heads) are on the
   device and its blocks are streamed one by one, the next block's copy overlapping the current one's compute.
 * ``auto``: chosen from the device's free memory (:func:`resolve_preset`).
 
 Models opt in by wrapping their use in :func:`trellis2_core.models.streaming.weights_on_device` (the stage
 functions do this for whole models, the DiTs and decoders for their blocks). Outside such a scope a managed
-model's weights are on the host; :func:`execution_device` tells where it will run.
+model's weights are on the host; ``models.streaming.execution_device`` tells where it will run.
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ import logging
 import torch
 from torch import nn
 
-from ..models.streaming import DEVICE_ATTR, STREAM_ATTR, execution_device
+from ..models.streaming import DEVICE_ATTR, STREAM_ATTR
 from .offload import BlockStreamer, CopyStream, HostWeights, PendingCopy, stream_units
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VRAM_PRESETS", "resolve_preset", "Residency", "execution_device", "DEVICE_ATTR"]
+__all__ = ["VRAM_PRESETS", "resolve_preset", "Residency"]
 
 VRAM_PRESETS = ("auto", "high", "medium", "low")
 _GIB = 1 << 30

@@ -148,10 +148,6 @@ class Decoded:
     res: int
 
 
-def _device(model: nn.Module) -> torch.device:
-    return execution_device(model)
-
-
 def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
     """``torch.randn(shape)`` float32 on the CPU ``generator``, then moved to ``device`` (§1.5)."""
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
@@ -159,7 +155,7 @@ def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch
 
 def _sample(model: nn.Module, noise: Latent, cond: Tensor, params: SamplerParams, hooks: StageHooks, stage: str,
             extra: Mapping[str, object] | None = None, fast: FastPathConfig | None = None) -> SamplingRun:
-    device = _device(model)
+    device = execution_device(model)
     cond = cond.to(device)
     neg_cond: object = torch.zeros_like(cond)
     cond_in: object = cond
@@ -197,12 +193,12 @@ def sample_structure(flow: nn.Module, decoder: nn.Module, cond: Tensor, params: 
     """SS noise ``[B, C, R, R, R]`` → sampled latent → decoder logits → occupied coords at ``ss_res`` (§5.1)."""
     batch = int(cond.shape[0])
     res = int(flow.resolution)
-    noise = draw_noise((batch, int(flow.in_channels), res, res, res), generator, _device(flow))
+    noise = draw_noise((batch, int(flow.in_channels), res, res, res), generator, execution_device(flow))
     with weights_on_device(flow):  # on the device for this stage only, under the medium/low VRAM presets
         run = _sample(flow, noise, cond, params, hooks, "sparse_structure", fast=fast)
     latent = run.samples
     with weights_on_device(decoder):
-        logits = decoder(latent.to(_device(decoder)))
+        logits = decoder(latent.to(execution_device(decoder)))
     coords = occupancy_to_coords(logits, ss_res)
     if coords.shape[0] == 0:
         raise InputError("the sparse-structure stage produced no occupied voxel; try another seed or image")
@@ -212,7 +208,7 @@ def sample_structure(flow: nn.Module, decoder: nn.Module, cond: Tensor, params: 
 def _sample_slat(flow: nn.Module, cond: Tensor, coords: Tensor, params: SamplerParams, norm: Normalization,
                  generator: torch.Generator, hooks: StageHooks, stage: str,
                  fast: FastPathConfig | None = None) -> tuple[SparseTensor, SamplingRun]:
-    device = _device(flow)
+    device = execution_device(flow)
     noise = SparseTensor(draw_noise((int(coords.shape[0]), int(flow.in_channels)), generator, device),
                          coords.to(device))
     with weights_on_device(flow):
@@ -239,7 +235,7 @@ def sample_shape_cascade(flow_lr: nn.Module, flow_hr: nn.Module, shape_decoder: 
     """§1.3: LR sample on ``coords`` → decoder ``upsample`` → HR coords (resolution loop) → HR sample."""
     lr_slat, lr_run = _sample_slat(flow_lr, lr_cond, coords, params, norm, generator, hooks, "shape_lr", fast)
     with weights_on_device(shape_decoder):
-        up = shape_decoder.upsample(lr_slat.to(_device(shape_decoder)), upsample_times=4)  # [M, 4] at 512³
+        up = shape_decoder.upsample(lr_slat.to(execution_device(shape_decoder)), upsample_times=4)  # [M, 4] at 512³
     hr_coords, hr_res = hr_coords_from_lr(up, LR_RESOLUTION, resolution, max_num_tokens)
     slat, hr_run = _sample_slat(flow_hr, cond, hr_coords, params, norm, generator, hooks, "shape_hr", fast)
     return ShapeLatent(slat=slat, res=hr_res, runs={"shape_lr": lr_run, "shape_hr": hr_run}, upsample_coords=up)
@@ -250,7 +246,7 @@ def sample_material(flow: nn.Module, cond: Tensor, shape_slat: SparseTensor, par
                     shape_norm: Normalization, tex_norm: Normalization, generator: torch.Generator,
                     hooks: StageHooks = StageHooks(), *, fast: FastPathConfig | None = None) -> MaterialLatent:
     """Texture noise ``[N, in − 32]`` with the normalised shape SLat as ``concat_cond`` → denormalised tex SLat."""
-    device = _device(flow)
+    device = execution_device(flow)
     shape = shape_slat.to(device)
     channels = int(flow.in_channels) - int(shape.feats.shape[1])
     if channels <= 0:
@@ -270,10 +266,10 @@ def decode(shape_decoder: nn.Module, tex_decoder: nn.Module | None, shape_slat: 
            tex_slat: SparseTensor | None, res: int) -> Decoded:
     """Shape decoder at grid ``res`` → meshes + subdivisions; texture decoder guided by them → PBR voxels (§5.2)."""
     with weights_on_device(shape_decoder):
-        dec = shape_decoder.decode(shape_slat.to(_device(shape_decoder)), int(res))
+        dec = shape_decoder.decode(shape_slat.to(execution_device(shape_decoder)), int(res))
     pbr: list[PbrVoxels] = []
     if tex_decoder is not None and tex_slat is not None:
         with weights_on_device(tex_decoder):
-            raw = tex_decoder(tex_slat.to(_device(tex_decoder)), guide_subs=dec.subs)
+            raw = tex_decoder(tex_slat.to(execution_device(tex_decoder)), guide_subs=dec.subs)
         pbr = pbr_voxels(raw, int(res))
     return Decoded(meshes=list(dec.meshes), pbr=pbr, subs=list(dec.subs), res=int(res))

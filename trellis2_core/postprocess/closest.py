@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..errors import InputError
 
-__all__ = ["ClosestPoints", "TriangleGrid", "closest_point_on_triangles", "closest_points"]
+__all__ = ["ClosestPoints", "TriangleGrid", "closest_point_on_triangles", "closest_points", "sorted_positions"]
 
 _QUERY_CHUNK = 1 << 18  # queries searched together
 _PAIR_BATCH = 1 << 22  # (query, triangle) pairs evaluated together: bounds temporary memory
@@ -131,6 +131,14 @@ def _check_mesh(vertices: Tensor, faces: Tensor) -> None:
         raise InputError("the mesh has NaN or infinite vertex coordinates")
 
 
+def sorted_positions(sorted_keys: Tensor, query: Tensor) -> Tensor:
+    """Position of each ``query`` key in the ascending ``sorted_keys``, -1 when absent."""
+    if sorted_keys.numel() == 0:
+        return torch.full_like(query, -1)
+    pos = torch.searchsorted(sorted_keys, query).clamp_(max=sorted_keys.numel() - 1)
+    return torch.where(sorted_keys.index_select(0, pos.reshape(-1)).view_as(pos) == query, pos, -1)
+
+
 def _expand(count: Tensor) -> tuple[Tensor, Tensor]:
     """For ``count`` [N] int64: ``(owner, rank)`` of every one of the ``Σ count`` items (rank within its owner)."""
     owner = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count)
@@ -224,8 +232,7 @@ class TriangleGrid:
 
     def _cell_rows(self, key: Tensor) -> Tensor:
         """Row of each packed cell key among the non-empty cells, -1 if empty."""
-        pos = torch.searchsorted(self.cell_keys, key).clamp_(max=self.cell_keys.numel() - 1)
-        return torch.where(self.cell_keys.index_select(0, pos) == key, pos, -1)
+        return sorted_positions(self.cell_keys, key)
 
     def query(self, points: Tensor, max_distance: float = math.inf) -> ClosestPoints:
         """Closest point on the mesh to every row of ``points`` [Q, 3] within ``max_distance`` (world units).
@@ -383,14 +390,6 @@ def _merge_best(qid: Tensor, fid: Tensor, d2: Tensor, best_d2: Tensor, best_f: T
     take = improved | (has & (new_d2 == best_d2) & ((best_f < 0) | (cand_f < best_f)))
     best_f.copy_(torch.where(take & has, cand_f, best_f))
     best_d2.copy_(new_d2)
-
-
-def _ring_offsets(k: int, device: torch.device) -> Tensor:
-    """Integer cell offsets with Chebyshev norm exactly ``k`` ([1, 3] for k = 0), nearest (L2) first."""
-    r = torch.arange(-k, k + 1, device=device)
-    grid = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
-    grid = grid[grid.abs().amax(1) == k]
-    return grid[torch.argsort(grid.square().sum(1), stable=True)]
 
 
 def closest_points(vertices: Tensor, faces: Tensor, points: Tensor, max_distance: float = math.inf,

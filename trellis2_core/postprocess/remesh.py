@@ -34,7 +34,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..mesh.mesher import QUAD_OFFSETS
 from ..mesh.types import Mesh
-from .closest import TriangleGrid
+from .closest import TriangleGrid, sorted_positions
 
 __all__ = ["remesh_narrow_band", "remesh_frame", "base_resolution"]
 
@@ -64,14 +64,6 @@ def _keys(cells: Tensor, radix: int) -> Tensor:
     return (cells[:, 0] * radix + cells[:, 1]) * radix + cells[:, 2]
 
 
-def _lookup(sorted_keys: Tensor, query: Tensor) -> Tensor:
-    """Position of each ``query`` key in ``sorted_keys``, -1 when absent."""
-    if sorted_keys.numel() == 0:
-        return torch.full_like(query, -1)
-    pos = torch.searchsorted(sorted_keys, query).clamp_(max=sorted_keys.numel() - 1)
-    return torch.where(sorted_keys[pos] == query, pos, -1)
-
-
 def _near_triangles(cells: Tensor, level: int, box_lo: Tensor, box_hi: Tensor, reach: float, scale: float,
                     center: Tensor) -> Tensor:
     """Mask of ``cells`` (grid ``level``) whose centre may lie within ``reach`` of a triangle: some triangle box
@@ -95,7 +87,7 @@ def _near_triangles(cells: Tensor, level: int, box_lo: Tensor, box_hi: Tensor, r
     for off in offsets:  # (2k+1)³ lookups, k is 1 at the usual band
         nb = cells + off
         inside = ((nb >= 0) & (nb < level)).all(1)
-        keep |= inside & (_lookup(occupied, _keys(nb.clamp(0, level - 1), level + 2)) >= 0)
+        keep |= inside & (sorted_positions(occupied, _keys(nb.clamp(0, level - 1), level + 2)) >= 0)
     return keep
 
 
@@ -201,7 +193,7 @@ def remesh_narrow_band(mesh: Mesh, resolution: int, band: float = 1.0, project_b
     offsets = torch.tensor(QUAD_OFFSETS, dtype=torch.int64, device=dev)  # [3, 4, 3]
     nb = cells[row][:, None, :] + offsets[axis]  # [L, 4, 3]
     inside = ((nb >= 0) & (nb < resolution)).all(-1)
-    pos = _lookup(cell_keys, _keys(nb.clamp(0, resolution - 1).reshape(-1, 3), resolution)).view(-1, 4)
+    pos = sorted_positions(cell_keys, _keys(nb.clamp(0, resolution - 1).reshape(-1, 3), resolution)).view(-1, 4)
     ok = (inside & (pos >= 0)).all(1)
     quad = order[pos[ok].clamp(min=0)]
     faces = _quads_to_triangles(quad, flag[row[ok], axis[ok]] > 0, vertex)
