@@ -37,6 +37,9 @@ class FastPathConfig:
             removes launch cost; measured no gain on an H100 once the blocks are compiled, so off in ``fast()``).
         attention_kernel: fused SDPA kernel to allow on CUDA: 'default' (PyTorch's choice), 'cudnn', 'flash'
             (FlashAttention-2, the official op), 'efficient' or 'math'. Ignored on CPU.
+        fused_mlp: compute the MLP's first layer and its tanh-GELU as one GEMM with the activation in the epilogue
+            (cuBLASLt on CUDA fp16/bf16, :mod:`trellis2_core.models.fused_mlp`): one pass less over the largest
+            activation of the block and one hidden-sized buffer less at the peak. The reference elsewhere.
         fp8_linear: run the six per-token linears of every DiT block (self-attention qkv/out, cross-attention q/out,
             MLP) as fp8 GEMMs: activations per token and weights per output channel rounded to float8 e4m3, fp32
             accumulation (``torch._scaled_mm`` on NVIDIA GPUs of compute capability ≥ 8.9 with bf16 blocks; an
@@ -54,6 +57,7 @@ class FastPathConfig:
     compile_blocks: bool = False
     cuda_graphs: bool = False
     attention_kernel: str = "default"
+    fused_mlp: bool = False
     fp8_linear: bool = False
 
     def __post_init__(self) -> None:
@@ -72,7 +76,7 @@ class FastPathConfig:
         (no gain once the blocks are compiled), cuDNN attention (1.6–1.9× FlashAttention-2). ``fp8_linear=True``
         adds the approximate fp8 block GEMMs (off by default)."""
         return cls(cache_cross_kv=True, skip_uncond_cross_attn=True, batch_cfg=True, dense_tokens=True,
-                   compile_blocks=compile_blocks, attention_kernel="cudnn", fp8_linear=fp8_linear)
+                   compile_blocks=compile_blocks, attention_kernel="cudnn", fused_mlp=True, fp8_linear=fp8_linear)
 
     def use_dense_tokens(self) -> bool:
         return self.dense_tokens or self.compile_blocks

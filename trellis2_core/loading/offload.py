@@ -41,10 +41,23 @@ class CopyStream:
 
 @dataclass
 class PendingCopy:
-    """A device copy of a module's flat weight buffer, possibly still in flight on the copy stream."""
+    """A device copy of a module's flat weight buffer, possibly still in flight on the copy stream.
+
+    The buffer belongs to the compute stream's memory pool. Once attached, the compute stream has waited for the
+    copy, so freeing it is ordinary stream-ordered reuse. A copy dropped without being attached must be
+    :meth:`discard`-ed: its memory may only be reused after the copy has landed.
+    """
 
     flat: Tensor  # uint8 [nbytes] on the device
     event: object | None  # torch.cuda.Event recorded on the copy stream after the copy
+    stream: object | None = None  # the copy stream
+
+    def discard(self) -> None:
+        """Release a copy that was never attached (a stale prefetch): the allocator reuses the memory only after
+        the copy stream has passed this point, so compute never writes where a copy is still landing."""
+        if self.stream is not None:
+            self.flat.record_stream(self.stream)
+        self.flat = None
 
 
 def _slots(module: nn.Module, skip: frozenset[int]) -> list[tuple[nn.Module, str, bool]]:
@@ -126,7 +139,11 @@ class HostWeights:
             return PendingCopy(self.flat.to(device, copy=True), None)
         # Allocate on the compute stream (its memory pool is the one activations use, so freed weights are reused
         # by activations and vice versa); the copy stream first waits for the compute work queued so far, since
-        # the block may be memory that queued work still reads.
+        # the block may be memory that queued work still reads. No record_stream here: the compute stream waits
+        # for the copy before any use (attach), so the buffer's life is ordered on the compute stream alone. A
+        # record_stream would defer every free until the copy stream caught up, and with the host running ahead
+        # of the device those deferred blocks piled up as reserved-but-unusable memory (RESULTS.md, run D:
+        # 2.9 GB of tensors in 6.1 GB of segments under 'low'). Unattached copies use PendingCopy.discard.
         compute = copier.compute_stream()
         flat = torch.empty(self.flat.shape, dtype=self.flat.dtype, device=device)
         copier.stream.wait_stream(compute)
@@ -134,8 +151,7 @@ class HostWeights:
             flat.copy_(self.flat, non_blocking=True)
             event = torch.cuda.Event()
             event.record(copier.stream)
-        flat.record_stream(copier.stream)
-        return PendingCopy(flat, event)
+        return PendingCopy(flat, event, copier.stream)
 
     def attach(self, pending: PendingCopy, copier: CopyStream) -> None:
         """Point the module at views of a device copy from :meth:`fetch` (the compute stream waits for it)."""
@@ -223,11 +239,13 @@ class BlockStreamer:
 
     def drop_prefetched(self) -> None:
         """Free the copy made ahead for the next use (at the end of a stage)."""
+        for pending in self._pending.values():
+            pending.discard()
         self._pending.clear()
 
     def close(self) -> None:
         """Drop prefetched copies and detach the units from this streamer (their weights stay on the host)."""
-        self._pending.clear()
+        self.drop_prefetched()
         for u, home in zip(self.units, self.homes):
             if home.attached:
                 home.detach()

@@ -89,8 +89,13 @@ class _Managed:
                 # point of these presets is the device's peak footprint (a few per run; costs a sync each)
                 torch.cuda.empty_cache()
 
+    def drop_pending(self) -> None:
+        if self.pending is not None:
+            self.pending.discard()
+            self.pending = None
+
     def release(self) -> None:
-        self.pending = None
+        self.drop_pending()
         if self.streamer is not None:
             self.streamer.close()
         self.home.detach()
@@ -161,7 +166,7 @@ class Residency:
             return
         expected = self._next.get((self._prev, self._last)) or self._next.get((None, self._last))
         for other_key, other in self._managed.items():
-            if other_key != expected and other.pending is not None:
-                other.pending = None  # a stale guess: free it
+            if other_key != expected:
+                other.drop_pending()  # a stale guess: free it
         if expected is not None and expected in self._managed and expected != key:
             self._managed[expected].prefetch()

@@ -21,6 +21,7 @@ from ..sparse.attention import attention, varlen_attention
 from ..sparse.layers import LayerNorm32
 from ..sparse.rope import RopeTable, apply_rope
 from ..sparse.tensor import SparseTensor
+from .fused_mlp import linear_gelu_tanh
 from .streaming import weights_on_device
 
 __all__ = ["Tokens", "CrossContext", "TimestepEmbedder", "MultiHeadRMSNorm", "SelfAttention", "CrossAttention",
@@ -214,8 +215,12 @@ class FeedForward(nn.Module):
         hidden = int(channels * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, channels))
 
-    def forward(self, x: Tokens) -> Tokens:
-        return _like(x, self.mlp(_feats(x)))
+    def forward(self, x: Tokens, fused: bool = False) -> Tokens:
+        """``fused``: the first layer and its GELU as one GEMM (:mod:`.fused_mlp`; plain ``nn.Linear`` only)."""
+        fc1, fc2 = self.mlp[0], self.mlp[2]
+        if not fused or type(fc1) is not nn.Linear:
+            return _like(x, self.mlp(_feats(x)))
+        return _like(x, fc2(linear_gelu_tanh(_feats(x), fc1.weight, fc1.bias)))
 
 
 class ModulatedTransformerCrossBlock(nn.Module):
@@ -239,9 +244,10 @@ class ModulatedTransformerCrossBlock(nn.Module):
 
     def forward(self, x: Tokens, mod: Tensor, context: Tensor | None, rope: RopeTable | None = None,
                 kv: tuple[Tensor, Tensor] | None = None, const: Tensor | None = None,
-                n_live: int | None = None) -> Tokens:
+                n_live: int | None = None, fused_mlp: bool = False) -> Tokens:
         """One block. ``kv``: precomputed context keys/values; elements ``n_live..B-1`` have a zero context and
-        add ``const [C]`` (:class:`CrossContext`) instead of running the cross-attention (dense tokens only)."""
+        add ``const [C]`` (:class:`CrossContext`) instead of running the cross-attention (dense tokens only).
+        ``fused_mlp``: :attr:`FastPathConfig.fused_mlp`."""
         # §4.2: (fp32 modulation + trunk-dtype mod) is cast back to the trunk dtype before the split
         mod = (self.modulation + mod).to(mod.dtype)  # [B, 6C]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
@@ -250,7 +256,7 @@ class ModulatedTransformerCrossBlock(nn.Module):
         x = gate_residual(x, self.self_attn(h, rope), gate_msa)
         x = self.cross_residual(x, context, kv, const, n_live)
         h = modulate(self.norm3(x), shift_mlp, scale_mlp)
-        return gate_residual(x, self.mlp(h), gate_mlp)
+        return gate_residual(x, self.mlp(h, fused_mlp), gate_mlp)
 
     def cross_residual(self, x: Tokens, context: Tensor | None, kv: tuple[Tensor, Tensor] | None,
                        const: Tensor | None, n_live: int | None) -> Tokens:
@@ -387,9 +393,10 @@ class FlowDiT(nn.Module):
                 step = torch.compile(_block_forward_fp8 if fp8 else ModulatedTransformerCrossBlock.forward,
                                      dynamic=True)
                 self.__dict__[name] = step
+        fused_mlp = fast is not None and fast.fused_mlp
         for block, kv, const in zip(self.blocks, kvs, consts):
             with weights_on_device(block):  # streamed in under the 'low' VRAM preset
-                h = step(block, h, mod, tokens, rope, kv, const, n_live)
+                h = step(block, h, mod, tokens, rope, kv, const, n_live, fused_mlp)
         f = _feats(h).to(self.out_layer.weight.dtype)
         f = F.layer_norm(f, f.shape[-1:])
         return _like(h, self.out_layer(f))
