@@ -6,7 +6,8 @@ tokens ``[B, N, 1536]``, 3-D RoPE, cached cross-attention K/V for the conditiona
 constant for the unconditional one, ``torch.compile(dynamic=True)``, cuDNN attention. For each token count it prints
 
 * the block's time per call (CUDA events, mean of ``--reps`` after a warm-up) for each variant (``--variants``:
-  ``compiled``, ``compiled+fused_mlp``);
+  ``dynamic`` = ``torch.compile(dynamic=True)``, ``static`` = the library's compile (static widths, dynamic batch,
+  token and context sizes), either with ``+fused_mlp``);
 * the time of the block's big kernels run alone (the six GEMMs, self- and cross-attention) and their sum, i.e. what
   is left for the norms, RoPE, modulation, gates and residuals;
 * the peak memory of one call, and the variants' output agreement (cosine);
@@ -30,7 +31,7 @@ if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from trellis2_core.config import FastPathConfig  # noqa: E402
-from trellis2_core.models.blocks import ModulatedTransformerCrossBlock  # noqa: E402
+from trellis2_core.models.blocks import ModulatedTransformerCrossBlock, mark_token_dims_dynamic  # noqa: E402
 from trellis2_core.sparse.rope import rope_cos_sin  # noqa: E402
 
 WIDTH, HEADS, MLP, CTX = 1536, 12, 8192, 1024
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="4096,20000,47000")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--variants", default="compiled,compiled+fused_mlp")
+    ap.add_argument("--variants", default="dynamic,dynamic+fused_mlp,static+fused_mlp")
     ap.add_argument("--profile", type=int, default=0, help="token count to run torch.profiler at (0: none)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("profile_block.py times CUDA kernels; run it with --device cuda on a GPU")
     block = make_block(device)
     fast = FastPathConfig.fast()
-    step = torch.compile(ModulatedTransformerCrossBlock.forward, dynamic=True)
+    steps = {"dynamic": torch.compile(ModulatedTransformerCrossBlock.forward, dynamic=True),
+             "static": torch.compile(ModulatedTransformerCrossBlock.forward, dynamic=None)}
     results: dict = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "tokens": {}}
     with torch.no_grad(), fast.attention_context(device):
         for n in (int(v) for v in a.tokens.split(",")):
@@ -132,9 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             row: dict = {"block_ms": {}, "peak_gb": {}}
             outs = {}
             for variant in a.variants.split(","):
-                fused = variant.endswith("+fused_mlp")
+                kind, _, extra = variant.partition("+")
+                fused, step = extra == "fused_mlp", steps[kind]
+                if kind == "static":  # what FlowDiT.run_trunk does
+                    mark_token_dims_dynamic(args[0], args[1], args[2], args[3], args[4])
 
-                def call(fused=fused):
+                def call(fused=fused, step=step):
                     return step(block, *args[:1], args[1], args[2], args[3], args[4], args[5], args[6], fused)
                 row["block_ms"][variant] = round(_time(call, a.reps), 3)
                 torch.cuda.synchronize()

@@ -25,7 +25,8 @@ class FastPathConfig:
 
     Attributes:
         cache_cross_kv: compute every block's cross-attention keys/values once per sampling stage (the image
-            context is fixed during a stage) instead of at every model call.
+            context is fixed during a stage) instead of at every model call. Skipped for models whose weights a
+            VRAM preset offloads (``medium``/``low``): the cache is 0.76 GB at 1024 and saves ~0.5 % of the time.
         skip_uncond_cross_attn: the unconditional pass uses an all-zero context, so every key is the same
             (``RMSNorm(bias_k)``) and every value is ``bias_v``: the softmax is uniform and the cross-attention output
             is the per-block constant ``to_out(bias_v)``. Precompute it and skip ``norm2``/``to_q``/attention.

@@ -13,7 +13,7 @@ from typing import Iterator, Protocol
 import torch
 from torch import nn
 
-__all__ = ["WeightStream", "weights_on_device", "execution_device", "STREAM_ATTR", "DEVICE_ATTR"]
+__all__ = ["WeightStream", "weights_on_device", "execution_device", "is_offloaded", "STREAM_ATTR", "DEVICE_ATTR"]
 
 STREAM_ATTR = "_trellis2_weight_stream"
 DEVICE_ATTR = "_trellis2_execution_device"
@@ -39,6 +39,11 @@ def weights_on_device(unit: nn.Module) -> Iterator[None]:
         yield
     finally:
         stream.exit(unit)
+
+
+def is_offloaded(model: nn.Module) -> bool:
+    """Whether a VRAM preset keeps ``model``'s weights off the device between uses (``medium``/``low``)."""
+    return STREAM_ATTR in model.__dict__
 
 
 def execution_device(model: nn.Module) -> torch.device:

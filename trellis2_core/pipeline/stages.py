@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..loading.config import Normalization
 from ..mesh.types import Mesh, PbrVoxels
 from ..models.structure_decoder import occupancy_to_coords
-from ..models.streaming import execution_device, weights_on_device
+from ..models.streaming import execution_device, is_offloaded, weights_on_device
 from ..models.texture_decoder import pbr_voxels
 from ..sparse import SparseTensor
 from .cascade import hr_coords_from_lr
@@ -166,11 +166,12 @@ def _sample(model: nn.Module, noise: Latent, cond: Tensor, params: SamplerParams
             report(stage, i + 1, n)
 
     if fast is not None and (fast.cache_cross_kv or fast.skip_uncond_cross_attn) and hasattr(model, "prepare_context"):
-        # the context is fixed for the whole stage: prepare K/V (or the zero-context constants) once
-        cond_in = model.prepare_context(cond, cache_kv=fast.cache_cross_kv)
+        # the context is fixed for the whole stage: prepare K/V (or the zero-context constants) once. Not the K/V
+        # when the model's weights are offloaded (medium/low VRAM): they take 0.76 GB at 1024 for ~0.5 % of time.
+        cache_kv = fast.cache_cross_kv and not is_offloaded(model)
+        cond_in = model.prepare_context(cond, cache_kv=cache_kv)
         if params.guidance_strength != 1:
-            neg_cond = model.prepare_context(neg_cond, cache_kv=fast.cache_cross_kv,
-                                             zero_const=fast.skip_uncond_cross_attn)
+            neg_cond = model.prepare_context(neg_cond, cache_kv=cache_kv, zero_const=fast.skip_uncond_cross_attn)
     attn = fast.attention_context(device) if fast is not None else contextlib.nullcontext()
     # approximate fp8 block GEMMs for this stage only (after prepare_context: K/V and constants stay exact)
     fp8: contextlib.AbstractContextManager = contextlib.nullcontext()
