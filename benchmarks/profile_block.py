@@ -6,8 +6,8 @@ tokens ``[B, N, 1536]``, 3-D RoPE, cached cross-attention K/V for the conditiona
 constant for the unconditional one, ``torch.compile(dynamic=True)``, cuDNN attention. For each token count it prints
 
 * the block's time per call (CUDA events, mean of ``--reps`` after a warm-up) for each variant (``--variants``:
-  ``dynamic`` = ``torch.compile(dynamic=True)``, ``static`` = the library's compile (static widths, dynamic batch,
-  token and context sizes), either with ``+fused_mlp``);
+  ``dynamic`` = ``torch.compile(dynamic=True)`` as the library does, ``static`` = static widths with dynamic batch,
+  token and context sizes (``maybe_mark_dynamic``), either with ``+fused_mlp``);
 * the time of the block's big kernels run alone (the six GEMMs, self- and cross-attention) and their sum, i.e. what
   is left for the norms, RoPE, modulation, gates and residuals;
 * the peak memory of one call, and the variants' output agreement (cosine);
@@ -31,7 +31,7 @@ if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from trellis2_core.config import FastPathConfig  # noqa: E402
-from trellis2_core.models.blocks import ModulatedTransformerCrossBlock, mark_token_dims_dynamic  # noqa: E402
+from trellis2_core.models.blocks import ModulatedTransformerCrossBlock  # noqa: E402
 from trellis2_core.sparse.rope import rope_cos_sin  # noqa: E402
 
 WIDTH, HEADS, MLP, CTX = 1536, 12, 8192, 1024
@@ -136,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             for variant in a.variants.split(","):
                 kind, _, extra = variant.partition("+")
                 fused, step = extra == "fused_mlp", steps[kind]
-                if kind == "static":  # what FlowDiT.run_trunk does
-                    mark_token_dims_dynamic(args[0], args[1], args[2], args[3], args[4])
+                if kind == "static":  # static widths; batch, token and context sizes dynamic
+                    for t, dims in ((args[0], (0, 1)), (args[1], (0,)), (args[2], (0, 1)), (args[3][0], (0,)),
+                                    (args[3][1], (0,)), (args[4][0], (0, 1)), (args[4][1], (0, 1))):
+                        for d in dims:
+                            torch._dynamo.maybe_mark_dynamic(t, d)
 
                 def call(fused=fused, step=step):
                     return step(block, *args[:1], args[1], args[2], args[3], args[4], args[5], args[6], fused)

@@ -26,7 +26,7 @@ from .streaming import weights_on_device
 
 __all__ = ["Tokens", "CrossContext", "TimestepEmbedder", "MultiHeadRMSNorm", "SelfAttention", "CrossAttention",
            "FeedForward", "ModulatedTransformerCrossBlock", "FlowDiT", "timestep_embedding", "modulate",
-           "gate_residual", "per_token", "trunk_dtype_from_args", "mark_token_dims_dynamic"]
+           "gate_residual", "per_token", "trunk_dtype_from_args"]
 
 Tokens = Union[Tensor, SparseTensor]
 """Either dense tokens ``[B, L, C]`` or a SparseTensor whose features ``[T, C]`` are the tokens of all samples."""
@@ -382,14 +382,11 @@ class FlowDiT(nn.Module):
         dt = self.trunk_dtype
         h = _like(h, _feats(h).to(dt))
         tokens = tokens.to(dt)
-        step, compiled = nn.Module.__call__, False
+        step = nn.Module.__call__
         if fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(h.device):
-            step, compiled = self._compiled_step(), True
-            mark_token_dims_dynamic(h, mod, tokens, rope)
+            step = self._compiled_step()
         fused_mlp = fast is not None and fast.fused_mlp
         for block, kv, const in zip(self.blocks, kvs, consts):
-            if compiled and kv is not None:
-                mark_token_dims_dynamic(kv=kv)
             with weights_on_device(block):  # streamed in under the 'low' VRAM preset
                 h = step(block, h, mod, tokens, rope, kv, const, n_live, fused_mlp)
         f = _feats(h).to(self.out_layer.weight.dtype)
@@ -399,12 +396,13 @@ class FlowDiT(nn.Module):
     def _compiled_step(self):
         """The compiled block forward: one callable per model and linear kind, whose graphs dynamo shares between
         the blocks. Its guards do not see a swapped Linear class (models/fp8.py), so fp8 blocks get their own code
-        object. Shapes: see :func:`mark_token_dims_dynamic`."""
+        object. ``dynamic=True``: token counts differ per image (static widths were measured no faster on an H200:
+        Inductor uses looped reductions for width 1536 either way)."""
         fp8 = len(self.blocks) > 0 and type(self.blocks[0].self_attn.to_qkv) is not nn.Linear
         name = "_compiled_block_step_fp8" if fp8 else "_compiled_block_step"
         step = self.__dict__.get(name)
         if step is None:
-            step = torch.compile(_block_forward_fp8 if fp8 else ModulatedTransformerCrossBlock.forward, dynamic=None)
+            step = torch.compile(_block_forward_fp8 if fp8 else ModulatedTransformerCrossBlock.forward, dynamic=True)
             self.__dict__[name] = step
         return step
 
@@ -412,29 +410,6 @@ class FlowDiT(nn.Module):
         if t.dim() != 1 or t.shape[0] != batch or cond.shape[0] != batch:
             raise ValueError(f"{type(self).__name__}: input has batch {batch} but t is {list(t.shape)} and cond is "
                              f"{list(cond.shape)}; pass t [B] and cond [B, M, C]")
-
-
-def mark_token_dims_dynamic(h: Tensor | None = None, mod: Tensor | None = None, tokens: Tensor | None = None,
-                            rope: RopeTable | None = None, kv: tuple[Tensor, Tensor] | None = None) -> None:
-    """Tell ``torch.compile`` which sizes of the block's inputs vary: the batch (1 or a CFG pair), the token count
-    (every voxel set differs) and the context length (1029 or 4101 tokens). Channel and head sizes stay static,
-    so Inductor generates one-pass (persistent) reductions for the norms instead of the looped kernels it needs for
-    a symbolic width (``dynamic=True``: 0.2 ms per LayerNorm at 40 K tokens, 3× the memory-bound time; profile in
-    benchmarks/RESULTS.md). Size-1 dimensions are specialised by dynamo anyway (a batch of 1 is its own graph)."""
-    mark = torch._dynamo.maybe_mark_dynamic
-    if h is not None:
-        mark(h, 0)
-        mark(h, 1)
-    if mod is not None:
-        mark(mod, 0)
-    if tokens is not None:
-        mark(tokens, 0)
-        mark(tokens, 1)
-    for t in rope or ():
-        mark(t, 0)
-    for t in kv or ():
-        mark(t, 0)
-        mark(t, 1)
 
 
 def _block_forward_fp8(block: ModulatedTransformerCrossBlock, *args: object) -> Tokens:

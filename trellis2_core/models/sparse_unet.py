@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..sparse import LayerNorm32, SparseLinear, SparseTensor, SubMConv3d, silu
 from ..sparse.layers import rowwise_in_chunks
 from ..sparse.resample import Subdivision, expand_children, subdivide
-from .streaming import weights_on_device
+from .streaming import trim_cached_memory, weights_on_device
 
 __all__ = ["SparseConvNeXtBlock3d", "SparseResBlockC2S3d", "SparseUnetVaeDecoder"]
 
@@ -187,6 +187,8 @@ class SparseUnetVaeDecoder(nn.Module):
         subs: list[SparseTensor] = []
         for i, stage in enumerate(self.blocks):
             for block in stage:
+                if isinstance(block, SparseResBlockC2S3d):
+                    trim_cached_memory(self)  # the next level's tensors are 4× larger (medium/low presets only)
                 with weights_on_device(block):  # streamed in under the 'low' VRAM preset
                     if isinstance(block, SparseResBlockC2S3d):
                         h, logits = block(h, self._guide(guide_subs, i))
@@ -194,6 +196,7 @@ class SparseUnetVaeDecoder(nn.Module):
                             subs.append(logits)
                     else:
                         h = block(h)
+        trim_cached_memory(self)
         w = self.output_layer.weight
         # head in fp32 with a non-affine norm (§5.2); normalised in row chunks (the fp32 temporaries of 2.5 M rows)
         feats = rowwise_in_chunks(lambda r: F.layer_norm(r.float(), r.shape[-1:], eps=1e-5), h.feats, w.dtype,
@@ -220,6 +223,8 @@ class SparseUnetVaeDecoder(nn.Module):
         h = self._embed(x)
         for i in range(upsample_times):
             for block in self.blocks[i]:
+                if isinstance(block, SparseResBlockC2S3d):
+                    trim_cached_memory(self)
                 with weights_on_device(block):
                     if isinstance(block, SparseResBlockC2S3d):
                         if i == upsample_times - 1:

@@ -13,7 +13,7 @@ from typing import Iterator, Protocol
 import torch
 from torch import nn
 
-__all__ = ["WeightStream", "weights_on_device", "execution_device", "is_offloaded", "STREAM_ATTR", "DEVICE_ATTR"]
+__all__ = ["WeightStream", "weights_on_device", "execution_device", "is_offloaded", "trim_cached_memory", "STREAM_ATTR", "DEVICE_ATTR"]
 
 STREAM_ATTR = "_trellis2_weight_stream"
 DEVICE_ATTR = "_trellis2_execution_device"
@@ -44,6 +44,14 @@ def weights_on_device(unit: nn.Module) -> Iterator[None]:
 def is_offloaded(model: nn.Module) -> bool:
     """Whether a VRAM preset keeps ``model``'s weights off the device between uses (``medium``/``low``)."""
     return STREAM_ATTR in model.__dict__
+
+
+def trim_cached_memory(model: nn.Module) -> None:
+    """Where a model's activations change size (a decoder's next level), hand the CUDA allocator's cached blocks
+    back if a VRAM preset offloads the model: blocks cached at one level's sizes rarely fit the next level's, and
+    under ``medium``/``low`` the device's peak footprint is the point (costs one device sync)."""
+    if is_offloaded(model) and execution_device(model).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def execution_device(model: nn.Module) -> torch.device:
