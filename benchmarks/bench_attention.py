@@ -34,8 +34,9 @@ SHAPES = {  # name: (B, Lq, Lk)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=",".join(SHAPES))
-    ap.add_argument("--configs", default="128x64x8x3,128x64x8x2,128x64x8x4,128x128x8x2,128x128x8x3,128x64x4x3,"
-                                         "64x64x4x3,128x32x4x3")
+    ap.add_argument("--configs", default="128x64x8x3,128x64x8x2,128x128x8x2,128x128x8x3,128x64x4x3,64x64x4x3,"
+                                         "128x64x8x3t,128x64x8x2t,128x128x8x2t,128x128x8x3t,128x64x4x3t",
+                    help="block_m x block_n x warps x stages, 't' = TMA descriptor loads")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--check-rows", type=int, default=512)
     ap.add_argument("--json", default=None)
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "shapes": {}}
     configs = []
     for spec in a.configs.split(","):
-        bm, bn, w, s = (int(x) for x in spec.split("x"))
-        configs.append((spec, AttentionConfig(bm, bn, w, s)))
+        bm, bn, w, s = (int(x) for x in spec.rstrip("t").split("x"))
+        configs.append((spec, AttentionConfig(bm, bn, w, s, tma=spec.endswith("t"))))
     for name in a.shapes.split(","):
         b, lq, lk = SHAPES[name]
         g = torch.Generator(device=dev).manual_seed(0)

@@ -26,20 +26,15 @@ class AttentionConfig:
     block_n: int = 64
     num_warps: int = 8
     num_stages: int = 3
+    tma: bool = False  # tensor-descriptor loads (Hopper and newer; needs 16-byte aligned strides)
 
 
 @triton.jit
-def _tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, n_idx, LK, qk_scale, MASKED: tl.constexpr):
-    if MASKED:
-        valid = n_idx < LK
-        k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
-        v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
-    else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
+def _update(acc, m_i, l_i, q, k, v, n_idx, LK, qk_scale, MASKED: tl.constexpr):
+    """Fold one key tile ``k``/``v`` ``[BLOCK_N, D]`` into the running (acc, max, denominator) of ``q``'s rows."""
     s = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N] fp32
     if MASKED:
-        s = tl.where(valid[None, :], s, float("-inf"))
+        s = tl.where((n_idx < LK)[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     p = tl.math.exp2(s * qk_scale - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
@@ -68,14 +63,49 @@ def _attention_fwd(Q, K, V, O, sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, s
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     full = (LK // BLOCK_N) * BLOCK_N
     for start in range(0, full, BLOCK_N):
-        acc, m_i, l_i = _tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, start + offs_n, LK, qk_scale, MASKED=False)
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+        acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, start + offs_n, LK, qk_scale, MASKED=False)
         k_ptrs += BLOCK_N * sk_l
         v_ptrs += BLOCK_N * sv_l
     if full < LK:
-        acc, m_i, l_i = _tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, full + offs_n, LK, qk_scale, MASKED=True)
+        valid = (full + offs_n) < LK
+        k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
+        acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, full + offs_n, LK, qk_scale, MASKED=True)
     acc = acc / l_i[:, None]
     o_ptrs = O + b * so_b + h * so_h + offs_m[:, None] * so_l + offs_d[None, :]
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _attention_fwd_tma(q_desc, k_desc, v_desc, O, so_b, so_l, so_h, H, LQ, LK, qk_scale,
+                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The same kernel with tensor-memory-accelerator loads (Hopper): 4-D descriptors over ``[B, L, H, D]``,
+    out-of-range rows read as zeros."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = q_desc.load([b, pid_m * BLOCK_M, h, 0]).reshape(BLOCK_M, HEAD_DIM)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    full = (LK // BLOCK_N) * BLOCK_N
+    for start in range(0, full, BLOCK_N):
+        k = k_desc.load([b, start, h, 0]).reshape(BLOCK_N, HEAD_DIM)
+        v = v_desc.load([b, start, h, 0]).reshape(BLOCK_N, HEAD_DIM)
+        acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, start + offs_n, LK, qk_scale, MASKED=False)
+    if full < LK:
+        k = k_desc.load([b, full, h, 0]).reshape(BLOCK_N, HEAD_DIM)
+        v = v_desc.load([b, full, h, 0]).reshape(BLOCK_N, HEAD_DIM)
+        acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, full + offs_n, LK, qk_scale, MASKED=True)
+    acc = acc / l_i[:, None]
+    o_ptrs = O + b * so_b + h * so_h + offs_m[:, None] * so_l + offs_d[None, :]
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m < LQ)[:, None])
 
 
 def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -86,6 +116,16 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     lk = k.shape[1]
     out = torch.empty(b, lq, h, d, dtype=q.dtype, device=q.device)
     grid = (triton.cdiv(lq, cfg.block_m), b * h)
+    if cfg.tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        def desc(t, rows):
+            return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, d])
+        _attention_fwd_tma[grid](desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n), out,
+                                 out.stride(0), out.stride(1), out.stride(2), h, lq, lk, float(scale) * LOG2E,
+                                 HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return out
     _attention_fwd[grid](q, k, v, out, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                          v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
                          h, lq, lk, float(scale) * LOG2E,

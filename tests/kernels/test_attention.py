@@ -41,14 +41,15 @@ def triton_impl(triton_interpreter, monkeypatch):
     sys.modules.pop(_IMPL, None)
 
 
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "descriptors"])
 @pytest.mark.parametrize("b, lq, lk, h, d, bm, bn", [
     (1, 64, 64, 1, 16, 32, 16),      # whole tiles only
     (2, 37, 50, 3, 32, 32, 16),      # ragged queries and a ragged last key tile
     (1, 20, 7, 2, 16, 16, 16),       # fewer keys than one tile (masked tile only)
 ])
-def test_interpreter_matches_reference(triton_impl, b, lq, lk, h, d, bm, bn):
+def test_interpreter_matches_reference(triton_impl, b, lq, lk, h, d, bm, bn, tma):
     q, k, v = _qkv(b, lq, lk, h, d, seed=lq)
-    cfg = triton_impl.AttentionConfig(block_m=bm, block_n=bn, num_warps=4, num_stages=1)
+    cfg = triton_impl.AttentionConfig(block_m=bm, block_n=bn, num_warps=4, num_stages=1, tma=tma)
     out = triton_impl.attention_triton(q, k, v, 0.3, cfg)
     torch.testing.assert_close(out, attention_reference(q, k, v, 0.3), rtol=2e-5, atol=2e-5)
 
