@@ -16,7 +16,7 @@ import torch
 __all__ = ["FastPathConfig", "ATTENTION_KERNELS"]
 
 #: ``attention_kernel`` values: which fused SDPA kernel PyTorch may use on CUDA (§3 of performance.md)
-ATTENTION_KERNELS = ("default", "cudnn", "flash", "efficient", "math")
+ATTENTION_KERNELS = ("default", "cudnn", "flash", "efficient", "math", "triton")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,9 @@ class FastPathConfig:
         cuda_graphs: replay each sampler model call from a CUDA graph captured on its first call (CUDA only;
             removes launch cost; measured no gain on an H100 once the blocks are compiled, so off in ``fast()``).
         attention_kernel: fused SDPA kernel to allow on CUDA: 'default' (PyTorch's choice), 'cudnn', 'flash'
-            (FlashAttention-2, the official op), 'efficient' or 'math'. Ignored on CPU.
+            (FlashAttention-2, the official op), 'efficient' or 'math'; or 'triton': the DiT blocks use the pack's
+            Triton flash-attention kernel (``trellis2_kernels.attention``; its PyTorch reference off GPU).
+            SDPA choices are ignored on CPU.
         fused_mlp: compute the MLP's first layer and its tanh-GELU as one GEMM with the activation in the epilogue
             (cuBLASLt on CUDA fp16/bf16, :mod:`trellis2_core.models.fused_mlp`): one pass less over the largest
             activation of the block and one hidden-sized buffer less at the peak. The reference elsewhere.
@@ -90,9 +92,13 @@ class FastPathConfig:
         """Whether blocks are compiled on ``device`` (never off CUDA)."""
         return self.compile_blocks and device.type == "cuda"
 
+    def attention_backend(self) -> str:
+        """The ``backend`` the DiT blocks pass to :func:`trellis2_core.sparse.attention.attention`."""
+        return "triton" if self.attention_kernel == "triton" else "auto"
+
     def attention_context(self, device: torch.device) -> ContextManager[None]:
         """A context that restricts SDPA to ``attention_kernel`` on CUDA; a no-op elsewhere or for 'default'."""
-        if device.type != "cuda" or self.attention_kernel == "default":
+        if device.type != "cuda" or self.attention_kernel in ("default", "triton"):
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 

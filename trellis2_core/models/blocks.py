@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import FastPathConfig
-from ..sparse.attention import attention, varlen_attention
+from ..sparse.attention import AttentionBackend, attention, varlen_attention
 from ..sparse.layers import LayerNorm32
 from ..sparse.rope import RopeTable, apply_rope
 from ..sparse.tensor import SparseTensor
@@ -147,14 +147,14 @@ class SelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k
 
-    def forward(self, x: Tokens, rope: RopeTable | None = None) -> Tokens:
+    def forward(self, x: Tokens, rope: RopeTable | None = None, backend: AttentionBackend = "auto") -> Tokens:
         qkv = self.to_qkv(_feats(x)).unflatten(-1, (3, self.num_heads, self.head_dim))  # [..., N, 3, H, D]
         q, k, v = qkv.unbind(dim=-3)
         q, k = self.qk_norm_rope(q, k, rope)
         if isinstance(x, SparseTensor):
-            h = varlen_attention(q, k, v, x.seqlens, x.seqlens)  # [T, H, D]
+            h = varlen_attention(q, k, v, x.seqlens, x.seqlens, backend=backend)  # [T, H, D]
         else:
-            h = attention(q, k, v)  # [B, L, H, D]
+            h = attention(q, k, v, backend=backend)  # [B, L, H, D]
         return _like(x, self.to_out(h.flatten(-2)))
 
 
@@ -192,7 +192,8 @@ class CrossAttention(nn.Module):
         v = self.to_kv(zeros).unflatten(-1, (2, self.num_heads, self.head_dim))[:, 1]  # [1, H, D]
         return self.to_out(v.flatten(-2))[0]
 
-    def forward(self, x: Tokens, context: Tensor, kv: tuple[Tensor, Tensor] | None = None) -> Tokens:
+    def forward(self, x: Tokens, context: Tensor, kv: tuple[Tensor, Tensor] | None = None,
+                backend: AttentionBackend = "auto") -> Tokens:
         q = self.to_q(_feats(x)).unflatten(-1, (self.num_heads, self.head_dim))  # [..., N, H, D]
         if self.qk_rms_norm:
             q = self.q_rms_norm(q)
@@ -201,9 +202,9 @@ class CrossAttention(nn.Module):
             if k.shape[0] != x.batch_size:
                 raise ValueError(f"context has batch {k.shape[0]} but the sparse input has {x.batch_size} samples")
             m = k.shape[1]
-            h = varlen_attention(q, k.flatten(0, 1), v.flatten(0, 1), x.seqlens, [m] * k.shape[0])
+            h = varlen_attention(q, k.flatten(0, 1), v.flatten(0, 1), x.seqlens, [m] * k.shape[0], backend=backend)
         else:
-            h = attention(q, k, v)
+            h = attention(q, k, v, backend=backend)
         return _like(x, self.to_out(h.flatten(-2)))
 
 
@@ -244,33 +245,34 @@ class ModulatedTransformerCrossBlock(nn.Module):
 
     def forward(self, x: Tokens, mod: Tensor, context: Tensor | None, rope: RopeTable | None = None,
                 kv: tuple[Tensor, Tensor] | None = None, const: Tensor | None = None,
-                n_live: int | None = None, fused_mlp: bool = False) -> Tokens:
+                n_live: int | None = None, fused_mlp: bool = False, attn_backend: AttentionBackend = "auto"
+                ) -> Tokens:
         """One block. ``kv``: precomputed context keys/values; elements ``n_live..B-1`` have a zero context and
         add ``const [C]`` (:class:`CrossContext`) instead of running the cross-attention (dense tokens only).
-        ``fused_mlp``: :attr:`FastPathConfig.fused_mlp`."""
+        ``fused_mlp``: :attr:`FastPathConfig.fused_mlp`; ``attn_backend``: :func:`~..sparse.attention.attention`'s."""
         # §4.2: (fp32 modulation + trunk-dtype mod) is cast back to the trunk dtype before the split
         mod = (self.modulation + mod).to(mod.dtype)  # [B, 6C]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             per_token(x, m) for m in mod.chunk(6, dim=1))
         h = modulate(self.norm1(x), shift_msa, scale_msa)
-        x = gate_residual(x, self.self_attn(h, rope), gate_msa)
-        x = self.cross_residual(x, context, kv, const, n_live)
+        x = gate_residual(x, self.self_attn(h, rope, attn_backend), gate_msa)
+        x = self.cross_residual(x, context, kv, const, n_live, attn_backend)
         h = modulate(self.norm3(x), shift_mlp, scale_mlp)
         return gate_residual(x, self.mlp(h, fused_mlp), gate_mlp)
 
     def cross_residual(self, x: Tokens, context: Tensor | None, kv: tuple[Tensor, Tensor] | None,
-                       const: Tensor | None, n_live: int | None) -> Tokens:
+                       const: Tensor | None, n_live: int | None, backend: AttentionBackend = "auto") -> Tokens:
         """``x + CrossAttn(LN2(x))``; zero-context elements (from ``n_live`` on) add the constant instead."""
         b = x.batch_size if isinstance(x, SparseTensor) else x.shape[0]
         live = b if const is None or n_live is None else n_live
         if live >= b:
-            return gate_residual(x, self.cross_attn(self.norm2(x), context, kv))
+            return gate_residual(x, self.cross_attn(self.norm2(x), context, kv, backend))
         if live == 0:
             return _like(x, _feats(x) + const)
         if isinstance(x, SparseTensor):
             raise ValueError("a batch mixing real and zero contexts needs dense tokens")
         ctx = context[:live] if context is not None else None
-        y = gate_residual(x[:live], self.cross_attn(self.norm2(x[:live]), ctx, kv))
+        y = gate_residual(x[:live], self.cross_attn(self.norm2(x[:live]), ctx, kv, backend))
         return torch.cat([y, x[live:] + const])
 
 
@@ -386,9 +388,10 @@ class FlowDiT(nn.Module):
         if fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(h.device):
             step = self._compiled_step()
         fused_mlp = fast is not None and fast.fused_mlp
+        attn = fast.attention_backend() if fast is not None else "auto"
         for block, kv, const in zip(self.blocks, kvs, consts):
             with weights_on_device(block):  # streamed in under the 'low' VRAM preset
-                h = step(block, h, mod, tokens, rope, kv, const, n_live, fused_mlp)
+                h = step(block, h, mod, tokens, rope, kv, const, n_live, fused_mlp, attn)
         f = _feats(h).to(self.out_layer.weight.dtype)
         f = F.layer_norm(f, f.shape[-1:])
         return _like(h, self.out_layer(f))

@@ -6,6 +6,8 @@ One API, several backends, all computing ``softmax(q·kᵀ·scale)·v`` per sequ
                    kernel (cuDNN / flash / mem-efficient); on CPU/MPS its math kernels. Varlen input with equal
                    lengths is run as one dense batch; ragged input loops over sequences.
 * ``flash_attn`` - the ``flash_attn`` package's varlen kernel (CUDA, fp16/bf16), when installed.
+* ``triton``     - the pack's Triton flash-attention kernel (``trellis2_kernels.attention``; its PyTorch reference
+                   where Triton cannot run), as one opaque op under ``torch.compile``.
 * ``naive``      - explicit matmul + softmax in float32 (the test oracle).
 
 ``auto`` uses dense SDPA whenever the sequences have equal length (the usual single-sample case, where the
@@ -22,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _kernels
+
 __all__ = ["AttentionBackend", "attention", "varlen_attention", "flash_attn_available"]
 
-AttentionBackend = Literal["auto", "sdpa", "flash_attn", "naive"]
-_BACKENDS = ("auto", "sdpa", "flash_attn", "naive")
+AttentionBackend = Literal["auto", "sdpa", "flash_attn", "triton", "naive"]
+_BACKENDS = ("auto", "sdpa", "flash_attn", "triton", "naive")
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,9 +53,25 @@ def _naive(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     return (w @ v.float()).to(q.dtype)
 
 
+@torch.library.custom_op("trellis2::flash_attention", mutates_args=())
+def _flash_attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """``[B, Lq, H, D]`` attention through ``trellis2_kernels.attention`` (contiguous output)."""
+    _kernels.load()  # registers the package trellis2_kernels
+    from trellis2_kernels.attention import flash_attention
+
+    return flash_attention(q, k, v, scale=scale).contiguous()
+
+
+@_flash_attention_op.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    return q.new_empty(q.shape)
+
+
 def _bhld(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> Tensor:
     if backend == "naive":
         return _naive(q, k, v, scale)
+    if backend == "triton":
+        return _flash_attention_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale).transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
@@ -66,6 +86,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None,
     if backend == "flash_attn":  # explicit only: on Hopper, SDPA (cuDNN) beats FA2 for dense batches
         from flash_attn import flash_attn_func
         return flash_attn_func(q, k, v, softmax_scale=scale)
+    if backend == "triton":
+        return _flash_attention_op(q, k, v, scale)
     out = _bhld(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale, backend)
     return out.transpose(1, 2)
 
