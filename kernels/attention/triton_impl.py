@@ -44,23 +44,36 @@ def _update(acc, m_i, l_i, q, k, v, n_idx, LK, qk_scale, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _attention_fwd(Q, K, V, O, sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, so_b, so_l, so_h,
-                   H, LQ, LK, qk_scale,
-                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _start(H, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """This program's query tile, batch element and head, and the empty running state (acc, max, denominator)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < LQ
-    q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    k_ptrs = K + b * sk_b + h * sk_h + offs_n[:, None] * sk_l + offs_d[None, :]
-    v_ptrs = V + b * sv_b + h * sv_h + offs_n[:, None] * sv_l + offs_d[None, :]
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    return pid_m, bh // H, bh % H, acc, m_i, l_i
+
+
+@triton.jit
+def _finish(O, acc, l_i, b, h, offs_m, offs_d, LQ, so_b, so_l, so_h):
+    """Normalise by the softmax denominator and store the tile's rows (those below ``LQ``)."""
+    acc = acc / l_i[:, None]
+    o_ptrs = O + b * so_b + h * so_h + offs_m[:, None] * so_l + offs_d[None, :]
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m < LQ)[:, None])
+
+
+@triton.jit
+def _attention_fwd(Q, K, V, O, sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, so_b, so_l, so_h,
+                   H, LQ, LK, qk_scale,
+                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m, b, h, acc, m_i, l_i = _start(H, BLOCK_M, HEAD_DIM)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :], mask=(offs_m < LQ)[:, None],
+                other=0.0)
+    k_ptrs = K + b * sk_b + h * sk_h + offs_n[:, None] * sk_l + offs_d[None, :]
+    v_ptrs = V + b * sv_b + h * sv_h + offs_n[:, None] * sv_l + offs_d[None, :]
     full = (LK // BLOCK_N) * BLOCK_N
     for start in range(0, full, BLOCK_N):
         k = tl.load(k_ptrs)
@@ -73,9 +86,7 @@ def _attention_fwd(Q, K, V, O, sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, s
         k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
         v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
         acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, full + offs_n, LK, qk_scale, MASKED=True)
-    acc = acc / l_i[:, None]
-    o_ptrs = O + b * so_b + h * so_h + offs_m[:, None] * so_l + offs_d[None, :]
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
+    _finish(O, acc, l_i, b, h, offs_m, offs_d, LQ, so_b, so_l, so_h)
 
 
 @triton.jit
@@ -83,17 +94,11 @@ def _attention_fwd_tma(q_desc, k_desc, v_desc, O, so_b, so_l, so_h, H, LQ, LK, q
                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The same kernel with tensor-memory-accelerator loads (Hopper): 4-D descriptors over ``[B, L, H, D]``,
     out-of-range rows read as zeros."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    pid_m, b, h, acc, m_i, l_i = _start(H, BLOCK_M, HEAD_DIM)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     q = q_desc.load([b, pid_m * BLOCK_M, h, 0]).reshape(BLOCK_M, HEAD_DIM)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     full = (LK // BLOCK_N) * BLOCK_N
     for start in range(0, full, BLOCK_N):
         k = k_desc.load([b, start, h, 0]).reshape(BLOCK_N, HEAD_DIM)
@@ -103,9 +108,7 @@ def _attention_fwd_tma(q_desc, k_desc, v_desc, O, so_b, so_l, so_h, H, LQ, LK, q
         k = k_desc.load([b, full, h, 0]).reshape(BLOCK_N, HEAD_DIM)
         v = v_desc.load([b, full, h, 0]).reshape(BLOCK_N, HEAD_DIM)
         acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, full + offs_n, LK, qk_scale, MASKED=True)
-    acc = acc / l_i[:, None]
-    o_ptrs = O + b * so_b + h * so_h + offs_m[:, None] * so_l + offs_d[None, :]
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m < LQ)[:, None])
+    _finish(O, acc, l_i, b, h, offs_m, offs_d, LQ, so_b, so_l, so_h)
 
 
 def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
