@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                             torch._dynamo.maybe_mark_dynamic(t, d)
 
                 def call(fused=fused, step=step):
-                    return step(block, *args[:1], args[1], args[2], args[3], args[4], args[5], args[6], fused)
+                    return step(block, *args, fused)
                 row["block_ms"][variant] = round(_time(call, a.reps), 3)
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats(device)

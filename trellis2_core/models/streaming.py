@@ -13,7 +13,8 @@ from typing import Iterator, Protocol
 import torch
 from torch import nn
 
-__all__ = ["WeightStream", "weights_on_device", "execution_device", "is_offloaded", "trim_cached_memory", "STREAM_ATTR", "DEVICE_ATTR"]
+__all__ = ["WeightStream", "weights_on_device", "execution_device", "is_offloaded", "trim_cached_memory",
+           "STREAM_ATTR", "DEVICE_ATTR"]
 
 STREAM_ATTR = "_trellis2_weight_stream"
 DEVICE_ATTR = "_trellis2_execution_device"
