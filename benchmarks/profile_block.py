@@ -7,7 +7,7 @@ constant for the unconditional one, ``torch.compile(dynamic=True)``, cuDNN atten
 
 * the block's time per call (CUDA events, mean of ``--reps`` after a warm-up) for each variant (``--variants``:
   ``dynamic`` = ``torch.compile(dynamic=True)`` as the library does, ``static`` = static widths with dynamic batch,
-  token and context sizes (``maybe_mark_dynamic``), either with ``+fused_mlp``);
+  token and context sizes (``maybe_mark_dynamic``), either with ``+fused_mlp`` and/or ``+fused_qk``);
 * the time of the block's big kernels run alone (the six GEMMs, self- and cross-attention) and their sum, i.e. what
   is left for the norms, RoPE, modulation, gates and residuals;
 * the peak memory of one call, and the variants' output agreement (cosine);
@@ -94,6 +94,7 @@ def kernels_alone(block, args, batch: int, reps: int) -> dict:
     kc, vc = (u.transpose(1, 2) for u in kv)
     qc = q[:n_live]
     hidden = torch.randn(t.shape[0], MLP, device=x.device, dtype=torch.bfloat16)
+    qkv = torch.randn(batch, n, 3, HEADS, 128, device=x.device, dtype=torch.bfloat16)
     out = {
         "qkv": lambda: F.linear(t, sa.to_qkv.weight, sa.to_qkv.bias),
         "self_out": lambda: F.linear(t, sa.to_out.weight, sa.to_out.bias),
@@ -104,9 +105,10 @@ def kernels_alone(block, args, batch: int, reps: int) -> dict:
         "fc2": lambda: F.linear(hidden, mlp[2].weight, mlp[2].bias),
         "self_attention": lambda: F.scaled_dot_product_attention(q, k, v),
         "cross_attention": lambda: F.scaled_dot_product_attention(qc, kc, vc),
+        "qk norm+rope kernel": lambda: sa.qk_norm_rope(qkv[:, :, 0], qkv[:, :, 1], rope, fused=True),
     }
     ms = {name: _time(fn, reps) for name, fn in out.items()}
-    ms["sum (unfused fc1)"] = sum(v for k_, v in ms.items() if k_ != "fc1+gelu epilogue")
+    ms["sum (unfused fc1)"] = sum(v for k_, v in ms.items() if k_ not in ("fc1+gelu epilogue", "qk norm+rope kernel"))
     return ms
 
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="4096,20000,47000")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--variants", default="dynamic,dynamic+fused_mlp,static+fused_mlp")
+    ap.add_argument("--variants", default="dynamic+fused_mlp,dynamic+fused_mlp+fused_qk")
     ap.add_argument("--profile", type=int, default=0, help="token count to run torch.profiler at (0: none)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -134,16 +136,16 @@ def main(argv: list[str] | None = None) -> int:
             row: dict = {"block_ms": {}, "peak_gb": {}}
             outs = {}
             for variant in a.variants.split(","):
-                kind, _, extra = variant.partition("+")
-                fused, step = extra == "fused_mlp", steps[kind]
+                kind, *extras = variant.split("+")
+                fused, fused_qk, step = "fused_mlp" in extras, "fused_qk" in extras, steps[kind]
                 if kind == "static":  # static widths; batch, token and context sizes dynamic
                     for t, dims in ((args[0], (0, 1)), (args[1], (0,)), (args[2], (0, 1)), (args[3][0], (0,)),
                                     (args[3][1], (0,)), (args[4][0], (0, 1)), (args[4][1], (0, 1))):
                         for d in dims:
                             torch._dynamo.maybe_mark_dynamic(t, d)
 
-                def call(fused=fused, step=step):
-                    return step(block, *args, fused)
+                def call(fused=fused, fused_qk=fused_qk, step=step):
+                    return step(block, *args, fused, "auto", fused_qk)
                 row["block_ms"][variant] = round(_time(call, a.reps), 3)
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats(device)

@@ -43,6 +43,9 @@ class FastPathConfig:
         fused_mlp: compute the MLP's first layer and its tanh-GELU as one GEMM with the activation in the epilogue
             (cuBLASLt on CUDA fp16/bf16, :mod:`trellis2_core.models.fused_mlp`): one pass less over the largest
             activation of the block and one hidden-sized buffer less at the peak. The reference elsewhere.
+        fused_qk_norm_rope: the self-attention's q/k RMS norm and RoPE as one Triton pass over q and one over k
+            (``trellis2_kernels.qk_norm_rope`` via :mod:`trellis2_core.models.fused_qk`, with the model's rounding
+            between the two steps); its PyTorch reference (the unfused ops) off GPU.
         fp8_linear: run the six per-token linears of every DiT block (self-attention qkv/out, cross-attention q/out,
             MLP) as fp8 GEMMs: activations per token and weights per output channel rounded to float8 e4m3, fp32
             accumulation (``torch._scaled_mm`` on NVIDIA GPUs of compute capability ≥ 8.9 with bf16 blocks; an
@@ -61,6 +64,7 @@ class FastPathConfig:
     cuda_graphs: bool = False
     attention_kernel: str = "default"
     fused_mlp: bool = False
+    fused_qk_norm_rope: bool = False
     fp8_linear: bool = False
 
     def __post_init__(self) -> None:
@@ -77,10 +81,11 @@ class FastPathConfig:
     def fast(cls, compile_blocks: bool = True, fp8_linear: bool = False) -> "FastPathConfig":
         """The measured-fastest set on an H100/H200 (benchmarks/RESULTS.md, "Pipeline" and the 2026-12-03 session):
         every switch but CUDA graphs (no gain once the blocks are compiled), cuDNN attention (1.6–1.9×
-        FlashAttention-2, 1.1× our Triton kernel), the fused MLP epilogue. ``fp8_linear=True`` adds the approximate
-        fp8 block GEMMs (off by default)."""
+        FlashAttention-2, 1.1× our Triton kernel), the fused MLP epilogue and q/k norm + RoPE kernel.
+        ``fp8_linear=True`` adds the approximate fp8 block GEMMs (off by default)."""
         return cls(cache_cross_kv=True, skip_uncond_cross_attn=True, batch_cfg=True, dense_tokens=True,
-                   compile_blocks=compile_blocks, attention_kernel="cudnn", fused_mlp=True, fp8_linear=fp8_linear)
+                   compile_blocks=compile_blocks, attention_kernel="cudnn", fused_mlp=True, fused_qk_norm_rope=True,
+                   fp8_linear=fp8_linear)
 
     def use_dense_tokens(self) -> bool:
         return self.dense_tokens or self.compile_blocks

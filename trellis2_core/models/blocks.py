@@ -22,6 +22,7 @@ from ..sparse.layers import LayerNorm32
 from ..sparse.rope import RopeTable, apply_rope
 from ..sparse.tensor import SparseTensor
 from .fused_mlp import linear_gelu_tanh
+from .fused_qk import qk_norm_rope
 from .streaming import weights_on_device
 
 __all__ = ["Tokens", "CrossContext", "TimestepEmbedder", "MultiHeadRMSNorm", "SelfAttention", "CrossAttention",
@@ -139,18 +140,23 @@ class SelfAttention(nn.Module):
             self.k_rms_norm = MultiHeadRMSNorm(self.head_dim, num_heads)
         self.to_out = nn.Linear(channels, channels)
 
-    def qk_norm_rope(self, q: Tensor, k: Tensor, rope: RopeTable | None) -> tuple[Tensor, Tensor]:
-        """q/k RMS norm, then RoPE (§4.2: the rotation comes after the norm). ``q``, ``k``: ``[..., N, H, D]``."""
+    def qk_norm_rope(self, q: Tensor, k: Tensor, rope: RopeTable | None, fused: bool = False
+                     ) -> tuple[Tensor, Tensor]:
+        """q/k RMS norm, then RoPE (§4.2: the rotation comes after the norm). ``q``, ``k``: ``[..., N, H, D]``.
+        ``fused``: both steps as one kernel pass each (:mod:`.fused_qk`) when the block has both."""
+        if fused and self.qk_rms_norm and rope is not None:
+            return qk_norm_rope(q, k, self.q_rms_norm.gamma, self.k_rms_norm.gamma, *rope, self.q_rms_norm.scale)
         if self.qk_rms_norm:
             q, k = self.q_rms_norm(q), self.k_rms_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k
 
-    def forward(self, x: Tokens, rope: RopeTable | None = None, backend: AttentionBackend = "auto") -> Tokens:
+    def forward(self, x: Tokens, rope: RopeTable | None = None, backend: AttentionBackend = "auto",
+                fused_qk: bool = False) -> Tokens:
         qkv = self.to_qkv(_feats(x)).unflatten(-1, (3, self.num_heads, self.head_dim))  # [..., N, 3, H, D]
         q, k, v = qkv.unbind(dim=-3)
-        q, k = self.qk_norm_rope(q, k, rope)
+        q, k = self.qk_norm_rope(q, k, rope, fused_qk)
         if isinstance(x, SparseTensor):
             h = varlen_attention(q, k, v, x.seqlens, x.seqlens, backend=backend)  # [T, H, D]
         else:
@@ -245,17 +251,18 @@ class ModulatedTransformerCrossBlock(nn.Module):
 
     def forward(self, x: Tokens, mod: Tensor, context: Tensor | None, rope: RopeTable | None = None,
                 kv: tuple[Tensor, Tensor] | None = None, const: Tensor | None = None,
-                n_live: int | None = None, fused_mlp: bool = False, attn_backend: AttentionBackend = "auto"
-                ) -> Tokens:
+                n_live: int | None = None, fused_mlp: bool = False, attn_backend: AttentionBackend = "auto",
+                fused_qk: bool = False) -> Tokens:
         """One block. ``kv``: precomputed context keys/values; elements ``n_live..B-1`` have a zero context and
         add ``const [C]`` (:class:`CrossContext`) instead of running the cross-attention (dense tokens only).
-        ``fused_mlp``: :attr:`FastPathConfig.fused_mlp`; ``attn_backend``: :func:`~..sparse.attention.attention`'s."""
+        ``fused_mlp``, ``fused_qk``: :attr:`FastPathConfig.fused_mlp` / ``fused_qk_norm_rope``; ``attn_backend``:
+        :func:`~..sparse.attention.attention`'s."""
         # §4.2: (fp32 modulation + trunk-dtype mod) is cast back to the trunk dtype before the split
         mod = (self.modulation + mod).to(mod.dtype)  # [B, 6C]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             per_token(x, m) for m in mod.chunk(6, dim=1))
         h = modulate(self.norm1(x), shift_msa, scale_msa)
-        x = gate_residual(x, self.self_attn(h, rope, attn_backend), gate_msa)
+        x = gate_residual(x, self.self_attn(h, rope, attn_backend, fused_qk), gate_msa)
         x = self.cross_residual(x, context, kv, const, n_live, attn_backend)
         h = modulate(self.norm3(x), shift_mlp, scale_mlp)
         return gate_residual(x, self.mlp(h, fused_mlp), gate_mlp)
@@ -388,10 +395,11 @@ class FlowDiT(nn.Module):
         if fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(h.device):
             step = self._compiled_step()
         fused_mlp = fast is not None and fast.fused_mlp
+        fused_qk = fast is not None and fast.fused_qk_norm_rope
         attn = fast.attention_backend() if fast is not None else "auto"
         for block, kv, const in zip(self.blocks, kvs, consts):
             with weights_on_device(block):  # streamed in under the 'low' VRAM preset
-                h = step(block, h, mod, tokens, rope, kv, const, n_live, fused_mlp, attn)
+                h = step(block, h, mod, tokens, rope, kv, const, n_live, fused_mlp, attn, fused_qk)
         f = _feats(h).to(self.out_layer.weight.dtype)
         f = F.layer_norm(f, f.shape[-1:])
         return _like(h, self.out_layer(f))
