@@ -7,7 +7,7 @@ constant for the unconditional one, ``torch.compile(dynamic=True)``, cuDNN atten
 
 * the block's time per call (CUDA events, mean of ``--reps`` after a warm-up) for each variant (``--variants``:
   ``dynamic`` = ``torch.compile(dynamic=True)`` as the library does, ``static`` = static widths with dynamic batch,
-  token and context sizes (``maybe_mark_dynamic``), either with ``+fused_mlp`` and/or ``+fused_qk``);
+  token and context sizes (``maybe_mark_dynamic``), with any of ``+fused_mlp``, ``+fused_qk``, ``+fused_norm``);
 * the time of the block's big kernels run alone (the six GEMMs, self- and cross-attention) and their sum, i.e. what
   is left for the norms, RoPE, modulation, gates and residuals;
 * the peak memory of one call, and the variants' output agreement (cosine);
@@ -30,7 +30,7 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from trellis2_core.config import FastPathConfig  # noqa: E402
+from trellis2_core.config import BlockKernels, FastPathConfig  # noqa: E402
 from trellis2_core.models.blocks import ModulatedTransformerCrossBlock  # noqa: E402
 from trellis2_core.sparse.rope import rope_cos_sin  # noqa: E402
 
@@ -82,6 +82,9 @@ def _time(fn, reps: int) -> float:
     return start.elapsed_time(end) / reps
 
 
+GEMMS_AND_ATTENTION = ("qkv", "self_out", "cross_q", "cross_out", "fc1", "fc2", "self_attention", "cross_attention")
+
+
 def kernels_alone(block, args, batch: int, reps: int) -> dict:
     """The block's GEMMs and attentions on tensors of the block's shapes, each timed alone."""
     x, mod, ctx, rope, kv, const, n_live = args
@@ -106,9 +109,11 @@ def kernels_alone(block, args, batch: int, reps: int) -> dict:
         "self_attention": lambda: F.scaled_dot_product_attention(q, k, v),
         "cross_attention": lambda: F.scaled_dot_product_attention(qc, kc, vc),
         "qk norm+rope kernel": lambda: sa.qk_norm_rope(qkv[:, :, 0], qkv[:, :, 1], rope, fused=True),
+        "norm+modulate kernel": lambda: block.norm_modulate(block.norm1, x, mod[:, :WIDTH], mod[:, WIDTH:2 * WIDTH],
+                                                            True),
     }
     ms = {name: _time(fn, reps) for name, fn in out.items()}
-    ms["sum (unfused fc1)"] = sum(v for k_, v in ms.items() if k_ not in ("fc1+gelu epilogue", "qk norm+rope kernel"))
+    ms["sum (unfused fc1)"] = sum(v for k_, v in ms.items() if k_ in GEMMS_AND_ATTENTION)
     return ms
 
 
@@ -118,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="4096,20000,47000")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--variants", default="dynamic+fused_mlp,dynamic+fused_mlp+fused_qk")
+    ap.add_argument("--variants",
+                    default="dynamic+fused_mlp,dynamic+fused_mlp+fused_qk,dynamic+fused_mlp+fused_qk+fused_norm")
     ap.add_argument("--profile", type=int, default=0, help="token count to run torch.profiler at (0: none)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -137,15 +143,16 @@ def main(argv: list[str] | None = None) -> int:
             outs = {}
             for variant in a.variants.split(","):
                 kind, *extras = variant.split("+")
-                fused, fused_qk, step = "fused_mlp" in extras, "fused_qk" in extras, steps[kind]
+                step = steps[kind]
+                kernels = BlockKernels("auto", "fused_mlp" in extras, "fused_qk" in extras, "fused_norm" in extras)
                 if kind == "static":  # static widths; batch, token and context sizes dynamic
                     for t, dims in ((args[0], (0, 1)), (args[1], (0,)), (args[2], (0, 1)), (args[3][0], (0,)),
                                     (args[3][1], (0,)), (args[4][0], (0, 1)), (args[4][1], (0, 1))):
                         for d in dims:
                             torch._dynamo.maybe_mark_dynamic(t, d)
 
-                def call(fused=fused, fused_qk=fused_qk, step=step):
-                    return step(block, *args, fused, "auto", fused_qk)
+                def call(kernels=kernels, step=step):
+                    return step(block, *args, kernels)
                 row["block_ms"][variant] = round(_time(call, a.reps), 3)
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats(device)

@@ -40,6 +40,7 @@ SWITCHES = {
     "attention_kernel (CPU: off)": FastPathConfig(attention_kernel="flash"),
     "fused_mlp": FastPathConfig(fused_mlp=True),
     "fused_qk_norm_rope (CPU: its reference)": FastPathConfig(fused_qk_norm_rope=True),
+    "fused_norm_modulate (CPU: its reference)": FastPathConfig(fused_norm_modulate=True),
     "attention_kernel triton (CPU: its reference)": FastPathConfig(attention_kernel="triton"),
     "all (fast)": FastPathConfig.fast(),
 }
@@ -190,7 +191,7 @@ def test_compiled_block_matches_eager(monkeypatch):
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", functools.partial(real_compile, backend="eager"))
     fast = _CompileEverywhere(cache_cross_kv=True, skip_uncond_cross_attn=True, compile_blocks=True, fused_mlp=True,
-                              fused_qk_norm_rope=True, attention_kernel="triton")
+                              fused_qk_norm_rope=True, fused_norm_modulate=True, attention_kernel="triton")
     cond = _cond()
     g = torch.Generator().manual_seed(11)
     ss, shape = _model("sparse_structure_flow_model"), _model("shape_slat_flow_model_512")

@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import ContextManager
+from typing import ContextManager, NamedTuple
 
 import torch
 
-__all__ = ["FastPathConfig", "ATTENTION_KERNELS"]
+__all__ = ["FastPathConfig", "BlockKernels", "ATTENTION_KERNELS"]
 
 #: ``attention_kernel`` values: which fused SDPA kernel PyTorch may use on CUDA (§3 of performance.md)
 ATTENTION_KERNELS = ("default", "cudnn", "flash", "efficient", "math", "triton")
+
+
+class BlockKernels(NamedTuple):
+    """Which kernels a DiT block forward uses (from :meth:`FastPathConfig.block_kernels`; the defaults are the
+    plain ops). A tuple of constants, so a compiled block specialises on it."""
+
+    attention: str = "auto"  # ``backend`` of trellis2_core.sparse.attention.attention
+    fused_mlp: bool = False
+    fused_qk: bool = False
+    fused_norm: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,9 @@ class FastPathConfig:
         fused_qk_norm_rope: the self-attention's q/k RMS norm and RoPE as one Triton pass over q and one over k
             (``trellis2_kernels.qk_norm_rope`` via :mod:`trellis2_core.models.fused_qk`, with the model's rounding
             between the two steps); its PyTorch reference (the unfused ops) off GPU.
+        fused_norm_modulate: the blocks' non-affine LayerNorm + adaLN modulation (before self-attention and before
+            the MLP) as one Triton pass for dense tokens (``trellis2_kernels.layer_norm_modulate`` via
+            :mod:`trellis2_core.models.fused_norm`); its PyTorch reference off GPU.
         fp8_linear: run the six per-token linears of every DiT block (self-attention qkv/out, cross-attention q/out,
             MLP) as fp8 GEMMs: activations per token and weights per output channel rounded to float8 e4m3, fp32
             accumulation (``torch._scaled_mm`` on NVIDIA GPUs of compute capability ≥ 8.9 with bf16 blocks; an
@@ -65,6 +78,7 @@ class FastPathConfig:
     attention_kernel: str = "default"
     fused_mlp: bool = False
     fused_qk_norm_rope: bool = False
+    fused_norm_modulate: bool = False
     fp8_linear: bool = False
 
     def __post_init__(self) -> None:
@@ -81,11 +95,11 @@ class FastPathConfig:
     def fast(cls, compile_blocks: bool = True, fp8_linear: bool = False) -> "FastPathConfig":
         """The measured-fastest set on an H100/H200 (benchmarks/RESULTS.md, "Pipeline" and the 2026-12-03 session):
         every switch but CUDA graphs (no gain once the blocks are compiled), cuDNN attention (1.6–1.9×
-        FlashAttention-2, 1.1× our Triton kernel), the fused MLP epilogue and q/k norm + RoPE kernel.
+        FlashAttention-2, 1.1× our Triton kernel), the fused MLP epilogue, q/k norm + RoPE and norm + modulation kernels.
         ``fp8_linear=True`` adds the approximate fp8 block GEMMs (off by default)."""
         return cls(cache_cross_kv=True, skip_uncond_cross_attn=True, batch_cfg=True, dense_tokens=True,
                    compile_blocks=compile_blocks, attention_kernel="cudnn", fused_mlp=True, fused_qk_norm_rope=True,
-                   fp8_linear=fp8_linear)
+                   fused_norm_modulate=True, fp8_linear=fp8_linear)
 
     def use_dense_tokens(self) -> bool:
         return self.dense_tokens or self.compile_blocks
@@ -101,6 +115,11 @@ class FastPathConfig:
     def attention_backend(self) -> str:
         """The ``backend`` the DiT blocks pass to :func:`trellis2_core.sparse.attention.attention`."""
         return "triton" if self.attention_kernel == "triton" else "auto"
+
+    def block_kernels(self) -> "BlockKernels":
+        """The kernel choices handed to every DiT block forward."""
+        return BlockKernels(self.attention_backend(), self.fused_mlp, self.fused_qk_norm_rope,
+                            self.fused_norm_modulate)
 
     def attention_context(self, device: torch.device) -> ContextManager[None]:
         """A context that restricts SDPA to ``attention_kernel`` on CUDA; a no-op elsewhere or for 'default'."""

@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import FastPathConfig
+from ..config import BlockKernels, FastPathConfig
 from ..sparse.attention import AttentionBackend, attention, varlen_attention
 from ..sparse.layers import LayerNorm32
 from ..sparse.rope import RopeTable, apply_rope
 from ..sparse.tensor import SparseTensor
 from .fused_mlp import linear_gelu_tanh
+from .fused_norm import layer_norm_modulate
 from .fused_qk import qk_norm_rope
 from .streaming import weights_on_device
 
@@ -251,21 +252,26 @@ class ModulatedTransformerCrossBlock(nn.Module):
 
     def forward(self, x: Tokens, mod: Tensor, context: Tensor | None, rope: RopeTable | None = None,
                 kv: tuple[Tensor, Tensor] | None = None, const: Tensor | None = None,
-                n_live: int | None = None, fused_mlp: bool = False, attn_backend: AttentionBackend = "auto",
-                fused_qk: bool = False) -> Tokens:
+                n_live: int | None = None, kernels: BlockKernels = BlockKernels()) -> Tokens:
         """One block. ``kv``: precomputed context keys/values; elements ``n_live..B-1`` have a zero context and
         add ``const [C]`` (:class:`CrossContext`) instead of running the cross-attention (dense tokens only).
-        ``fused_mlp``, ``fused_qk``: :attr:`FastPathConfig.fused_mlp` / ``fused_qk_norm_rope``; ``attn_backend``:
-        :func:`~..sparse.attention.attention`'s."""
+        ``kernels``: the fast path's kernel choices (:meth:`FastPathConfig.block_kernels`)."""
         # §4.2: (fp32 modulation + trunk-dtype mod) is cast back to the trunk dtype before the split
         mod = (self.modulation + mod).to(mod.dtype)  # [B, 6C]
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            per_token(x, m) for m in mod.chunk(6, dim=1))
-        h = modulate(self.norm1(x), shift_msa, scale_msa)
-        x = gate_residual(x, self.self_attn(h, rope, attn_backend, fused_qk), gate_msa)
-        x = self.cross_residual(x, context, kv, const, n_live, attn_backend)
-        h = modulate(self.norm3(x), shift_mlp, scale_mlp)
-        return gate_residual(x, self.mlp(h, fused_mlp), gate_mlp)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
+        h = self.norm_modulate(self.norm1, x, shift_msa, scale_msa, kernels.fused_norm)
+        x = gate_residual(x, self.self_attn(h, rope, kernels.attention, kernels.fused_qk), per_token(x, gate_msa))
+        x = self.cross_residual(x, context, kv, const, n_live, kernels.attention)
+        h = self.norm_modulate(self.norm3, x, shift_mlp, scale_mlp, kernels.fused_norm)
+        return gate_residual(x, self.mlp(h, kernels.fused_mlp), per_token(x, gate_mlp))
+
+    @staticmethod
+    def norm_modulate(norm: LayerNorm32, x: Tokens, shift: Tensor, scale: Tensor, fused: bool) -> Tokens:
+        """``modulate(norm(x), shift, scale)`` with per-sample ``shift``/``scale [B, C]``; ``fused``: one kernel
+        pass (:mod:`.fused_norm`) for dense tokens."""
+        if fused and not isinstance(x, SparseTensor):
+            return layer_norm_modulate(x, shift, scale, norm.eps)
+        return modulate(norm(x), per_token(x, shift), per_token(x, scale))
 
     def cross_residual(self, x: Tokens, context: Tensor | None, kv: tuple[Tensor, Tensor] | None,
                        const: Tensor | None, n_live: int | None, backend: AttentionBackend = "auto") -> Tokens:
@@ -394,12 +400,10 @@ class FlowDiT(nn.Module):
         step = nn.Module.__call__
         if fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(h.device):
             step = self._compiled_step()
-        fused_mlp = fast is not None and fast.fused_mlp
-        fused_qk = fast is not None and fast.fused_qk_norm_rope
-        attn = fast.attention_backend() if fast is not None else "auto"
+        kernels = fast.block_kernels() if fast is not None else BlockKernels()
         for block, kv, const in zip(self.blocks, kvs, consts):
             with weights_on_device(block):  # streamed in under the 'low' VRAM preset
-                h = step(block, h, mod, tokens, rope, kv, const, n_live, fused_mlp, attn, fused_qk)
+                h = step(block, h, mod, tokens, rope, kv, const, n_live, kernels)
         f = _feats(h).to(self.out_layer.weight.dtype)
         f = F.layer_norm(f, f.shape[-1:])
         return _like(h, self.out_layer(f))
