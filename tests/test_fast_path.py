@@ -39,10 +39,10 @@ SWITCHES = {
     "cuda_graphs (CPU: off)": FastPathConfig(cuda_graphs=True),
     "attention_kernel (CPU: off)": FastPathConfig(attention_kernel="flash"),
     "fused_mlp": FastPathConfig(fused_mlp=True),
-    "fused_qk_norm_rope (CPU: its reference)": FastPathConfig(fused_qk_norm_rope=True),
-    "fused_norm_modulate (CPU: its reference)": FastPathConfig(fused_norm_modulate=True),
+    "fused_qk_norm_rope (CPU: its reference)": FastPathConfig(fused_qk_norm_rope=True, fused_min_rows=0),
+    "fused_norm_modulate (CPU: its reference)": FastPathConfig(fused_norm_modulate=True, fused_min_rows=0),
     "attention_kernel triton (CPU: its reference)": FastPathConfig(attention_kernel="triton"),
-    "all (fast)": FastPathConfig.fast(),
+    "all (fast)": dataclasses.replace(FastPathConfig.fast(), fused_min_rows=0),
 }
 
 
@@ -191,7 +191,8 @@ def test_compiled_block_matches_eager(monkeypatch):
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", functools.partial(real_compile, backend="eager"))
     fast = _CompileEverywhere(cache_cross_kv=True, skip_uncond_cross_attn=True, compile_blocks=True, fused_mlp=True,
-                              fused_qk_norm_rope=True, fused_norm_modulate=True, attention_kernel="triton")
+                              fused_qk_norm_rope=True, fused_norm_modulate=True, fused_min_rows=0,
+                              attention_kernel="triton")
     cond = _cond()
     g = torch.Generator().manual_seed(11)
     ss, shape = _model("sparse_structure_flow_model"), _model("shape_slat_flow_model_512")
@@ -224,6 +225,16 @@ FP8_GATE = 0.99
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double().flatten(), b.double().flatten()
     return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_fused_elementwise_kernels_only_for_large_calls():
+    """The fused q/k norm + RoPE and norm + modulation ops cost host time per call: small (launch-bound) model calls
+    keep the compiled plain ops, large ones use the kernels; the other choices do not depend on the size."""
+    fast = FastPathConfig.fast()
+    small, large = fast.block_kernels(fast.fused_min_rows - 1), fast.block_kernels(fast.fused_min_rows)
+    assert not small.fused_qk and not small.fused_norm and small.fused_mlp
+    assert large.fused_qk and large.fused_norm and large.fused_mlp and large.attention == small.attention
+    assert not FastPathConfig().block_kernels(10 ** 6).fused_qk
 
 
 def test_fp8_linear_config():

@@ -59,6 +59,11 @@ class FastPathConfig:
         fused_norm_modulate: the blocks' non-affine LayerNorm + adaLN modulation (before self-attention and before
             the MLP) as one Triton pass for dense tokens (``trellis2_kernels.layer_norm_modulate`` via
             :mod:`trellis2_core.models.fused_norm`); its PyTorch reference off GPU.
+        fused_min_rows: the two switches above apply to model calls of at least this many token rows (batch ×
+            tokens). Each fused op costs ~0.1 ms of host time per call (custom-op dispatch and Triton launch); below
+            ~16 K rows the GPU finishes a block before the host has issued the next one and the fused ops made
+            launch-bound runs slower (H200: 512 texture 255 → 406 ms, 1024 structure under ``low`` 651 →
+            1340 ms) while saving 2 % at 20 K+ rows (benchmarks/RESULTS.md, 2026-12-03 second session).
         fp8_linear: run the six per-token linears of every DiT block (self-attention qkv/out, cross-attention q/out,
             MLP) as fp8 GEMMs: activations per token and weights per output channel rounded to float8 e4m3, fp32
             accumulation (``torch._scaled_mm`` on NVIDIA GPUs of compute capability ≥ 8.9 with bf16 blocks; an
@@ -79,6 +84,7 @@ class FastPathConfig:
     fused_mlp: bool = False
     fused_qk_norm_rope: bool = False
     fused_norm_modulate: bool = False
+    fused_min_rows: int = 16384
     fp8_linear: bool = False
 
     def __post_init__(self) -> None:
@@ -116,10 +122,11 @@ class FastPathConfig:
         """The ``backend`` the DiT blocks pass to :func:`trellis2_core.sparse.attention.attention`."""
         return "triton" if self.attention_kernel == "triton" else "auto"
 
-    def block_kernels(self) -> "BlockKernels":
-        """The kernel choices handed to every DiT block forward."""
-        return BlockKernels(self.attention_backend(), self.fused_mlp, self.fused_qk_norm_rope,
-                            self.fused_norm_modulate)
+    def block_kernels(self, rows: int) -> "BlockKernels":
+        """The kernel choices handed to every DiT block forward of a model call on ``rows`` token rows."""
+        big = rows >= self.fused_min_rows
+        return BlockKernels(self.attention_backend(), self.fused_mlp, self.fused_qk_norm_rope and big,
+                            self.fused_norm_modulate and big)
 
     def attention_context(self, device: torch.device) -> ContextManager[None]:
         """A context that restricts SDPA to ``attention_kernel`` on CUDA; a no-op elsewhere or for 'default'."""

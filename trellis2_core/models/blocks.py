@@ -400,7 +400,8 @@ class FlowDiT(nn.Module):
         step = nn.Module.__call__
         if fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(h.device):
             step = self._compiled_step()
-        kernels = fast.block_kernels() if fast is not None else BlockKernels()
+        rows = _feats(h).shape[:-1].numel()  # batch × tokens (dense) or packed tokens (sparse)
+        kernels = fast.block_kernels(rows) if fast is not None else BlockKernels()
         for block, kv, const in zip(self.blocks, kvs, consts):
             with weights_on_device(block):  # streamed in under the 'low' VRAM preset
                 h = step(block, h, mod, tokens, rope, kv, const, n_live, kernels)
