@@ -101,8 +101,9 @@ class FastPathConfig:
     def fast(cls, compile_blocks: bool = True, fp8_linear: bool = False) -> "FastPathConfig":
         """The measured-fastest set on an H100/H200 (benchmarks/RESULTS.md, "Pipeline" and the 2026-12-03 session):
         every switch but CUDA graphs (no gain once the blocks are compiled), cuDNN attention (1.6–1.9×
-        FlashAttention-2, 1.1× our Triton kernel), the fused MLP epilogue, q/k norm + RoPE and norm + modulation kernels.
-        ``fp8_linear=True`` adds the approximate fp8 block GEMMs (off by default)."""
+        FlashAttention-2, 1.1× our Triton kernel), the fused MLP epilogue, the q/k norm + RoPE and norm + modulation
+        kernels (for calls of ≥ ``fused_min_rows`` rows). ``fp8_linear=True`` adds the approximate fp8 block GEMMs
+        (off by default)."""
         return cls(cache_cross_kv=True, skip_uncond_cross_attn=True, batch_cfg=True, dense_tokens=True,
                    compile_blocks=compile_blocks, attention_kernel="cudnn", fused_mlp=True, fused_qk_norm_rope=True,
                    fused_norm_modulate=True, fp8_linear=fp8_linear)
