@@ -4,6 +4,7 @@ The loading is done here (not through trellis2_core) so these tests depend on th
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
@@ -84,3 +85,20 @@ def triton_interpreter():
     for name in _TRITON_IMPLS:  # re-import the kernels under the interpreter if they were loaded compiled
         sys.modules.pop(name, None)
     yield
+
+
+@pytest.fixture
+def interpreted(triton_interpreter, monkeypatch):
+    """``interpreted(name)`` imports the Triton module ``name`` afresh under the interpreter (Triton decides at
+    decoration time) and drops it from ``sys.modules`` after the test, so later tests import it compiled."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    loaded: list[str] = []
+
+    def load(name: str):
+        sys.modules.pop(name, None)
+        loaded.append(name)
+        return importlib.import_module(name)
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)

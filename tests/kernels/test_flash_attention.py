@@ -2,9 +2,7 @@
 float32 reference, and the reference against PyTorch's SDPA."""
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 
 import pytest
 import torch
@@ -34,11 +32,8 @@ def test_reference_matches_sdpa():
 
 
 @pytest.fixture
-def triton_impl(triton_interpreter, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    sys.modules.pop(_IMPL, None)
-    yield importlib.import_module(_IMPL)
-    sys.modules.pop(_IMPL, None)
+def triton_impl(interpreted):
+    return interpreted(_IMPL)
 
 
 @pytest.mark.parametrize("tma", [False, True], ids=["pointers", "descriptors"])

@@ -2,9 +2,6 @@
 the block's unfused ops, the Triton kernel (CPU interpreter, GPU) against the reference, and the input checks."""
 from __future__ import annotations
 
-import importlib
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,11 +27,8 @@ def test_reference_is_layer_norm_then_modulation():
 
 
 @pytest.fixture
-def triton_impl(triton_interpreter, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    sys.modules.pop(_IMPL, None)
-    yield importlib.import_module(_IMPL)
-    sys.modules.pop(_IMPL, None)
+def triton_impl(interpreted):
+    return interpreted(_IMPL)
 
 
 # float16, not bfloat16: the interpreter rounds float32 → bfloat16 by truncation (the GPU rounds to nearest even)

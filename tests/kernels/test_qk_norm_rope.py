@@ -2,9 +2,6 @@
 formulation, the Triton kernel (CPU interpreter, GPU) against the reference, and the input checks."""
 from __future__ import annotations
 
-import importlib
-import sys
-
 import pytest
 import torch
 
@@ -49,11 +46,8 @@ def test_reference_rounds_between_norm_and_rotation():
 
 
 @pytest.fixture
-def triton_impl(triton_interpreter, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    sys.modules.pop(_IMPL, None)
-    yield importlib.import_module(_IMPL)
-    sys.modules.pop(_IMPL, None)
+def triton_impl(interpreted):
+    return interpreted(_IMPL)
 
 
 # The interpreter rounds float32 → bfloat16 by truncation (the GPU rounds to nearest even), so it is checked in
