@@ -1,7 +1,9 @@
 """Our Triton flash-attention kernel (``trellis2_kernels.attention``) against PyTorch's SDPA kernels on DiT shapes.
 
-For each shape (12 heads × 128, bf16; ``B`` = 2 is a CFG pair) it times cuDNN and FlashAttention-2 through SDPA and
-every Triton configuration of ``--configs`` (``block_m x block_n x warps x stages``), median of ``--reps`` launches
+For each shape (12 heads × 128, bf16; ``B`` = 2 is a CFG pair) it times cuDNN and FlashAttention-2 through SDPA,
+FlashAttention-4 (``flash_attn.cute``, when installed; raw and through our ``trellis2::fa4_attention`` op, which adds
+the op's host cost) and every Triton configuration of ``--configs`` (``block_m x block_n x warps x stages``; ``""``
+for none), median of ``--reps`` launches
 after a warm-up (``triton.testing.do_bench``), and reports TFLOP/s (``4·B·H·Lq·Lk·D``). Accuracy: each kernel's max
 abs error against a float32 reference on the first ``--check-rows`` query rows.
 
@@ -22,6 +24,7 @@ if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from trellis2_core._kernels import load as load_kernels  # noqa: E402
+from trellis2_core.sparse.attention import attention, fa4_available  # noqa: E402
 
 SHAPES = {  # name: (B, Lq, Lk)
     "self 4096 B2": (2, 4096, 4096),
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = d ** -0.5
     results: dict = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "shapes": {}}
     configs = []
-    for spec in a.configs.split(","):
+    for spec in filter(None, a.configs.split(",")):
         bm, bn, w, s = (int(x) for x in spec.rstrip("t").split("x"))
         configs.append((spec, AttentionConfig(bm, bn, w, s, tma=spec.endswith("t"))))
     for name in a.shapes.split(","):
@@ -74,11 +77,16 @@ def main(argv: list[str] | None = None) -> int:
                                                           scale=scale).transpose(1, 2)
             return fn
         cands = {"cudnn": sdpa(SDPBackend.CUDNN_ATTENTION), "flash2": sdpa(SDPBackend.FLASH_ATTENTION)}
+        if fa4_available():
+            from flash_attn.cute import flash_attn_func
+            cands["fa4"] = lambda: flash_attn_func(q, k, v, softmax_scale=scale)
+            cands["fa4 (our op)"] = lambda: attention(q, k, v, scale=scale, backend="fa4")
         for spec, cfg in configs:
             cands[f"triton {spec}"] = (lambda cfg=cfg: attention_triton(q, k, v, scale, cfg))
         for cname, fn in cands.items():
             try:
                 out = fn()
+                out = out[0] if isinstance(out, tuple) else out
                 err = float((out[:, :rows].float() - ref).abs().max())
                 ms = triton.testing.do_bench(fn, warmup=3, rep=a.reps * 10, return_mode="median")
             except Exception as exc:  # noqa: BLE001 - a config that fails to compile is reported, not fatal

@@ -16,7 +16,7 @@ import torch
 __all__ = ["FastPathConfig", "BlockKernels", "ATTENTION_KERNELS"]
 
 #: ``attention_kernel`` values: which fused SDPA kernel PyTorch may use on CUDA (§3 of performance.md)
-ATTENTION_KERNELS = ("default", "cudnn", "flash", "efficient", "math", "triton")
+ATTENTION_KERNELS = ("default", "cudnn", "flash", "efficient", "math", "triton", "fa4")
 
 
 class BlockKernels(NamedTuple):
@@ -48,8 +48,10 @@ class FastPathConfig:
             removes launch cost; measured no gain on an H100 once the blocks are compiled, so off in ``fast()``).
         attention_kernel: fused SDPA kernel to allow on CUDA: 'default' (PyTorch's choice), 'cudnn', 'flash'
             (FlashAttention-2, the official op), 'efficient' or 'math'; or 'triton': the DiT blocks use the pack's
-            Triton flash-attention kernel (``trellis2_kernels.attention``; its PyTorch reference off GPU).
-            SDPA choices are ignored on CPU.
+            Triton flash-attention kernel (``trellis2_kernels.attention``; its PyTorch reference off GPU); or
+            'fa4': the DiT blocks call FlashAttention-4 (optional package ``flash-attn-4``; SDPA restricted to
+            cuDNN where it has no kernel: CPU, fp32, GPUs before compute capability 8.0). SDPA choices are ignored
+            on CPU.
         fused_mlp: compute the MLP's first layer and its tanh-GELU as one GEMM with the activation in the epilogue
             (cuBLASLt on CUDA fp16/bf16, :mod:`trellis2_core.models.fused_mlp`): one pass less over the largest
             activation of the block and one hidden-sized buffer less at the peak. The reference elsewhere.
@@ -121,7 +123,7 @@ class FastPathConfig:
 
     def attention_backend(self) -> str:
         """The ``backend`` the DiT blocks pass to :func:`trellis2_core.sparse.attention.attention`."""
-        return "triton" if self.attention_kernel == "triton" else "auto"
+        return self.attention_kernel if self.attention_kernel in ("triton", "fa4") else "auto"
 
     def block_kernels(self, rows: int) -> "BlockKernels":
         """The kernel choices handed to every DiT block forward of a model call on ``rows`` token rows."""
@@ -135,8 +137,9 @@ class FastPathConfig:
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[self.attention_kernel]
-        if self.attention_kernel == "cudnn":  # cuDNN rejects some shapes/dtypes: let flash take those
+        first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "fa4": SDPBackend.CUDNN_ATTENTION,
+                 "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "math": SDPBackend.MATH}[self.attention_kernel]
+        if self.attention_kernel in ("cudnn", "fa4"):  # cuDNN rejects some shapes/dtypes: let flash take those
             return sdpa_kernel([first, SDPBackend.FLASH_ATTENTION], set_priority=True)
         return sdpa_kernel([first])

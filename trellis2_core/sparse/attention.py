@@ -6,6 +6,9 @@ One API, several backends, all computing ``softmax(q·kᵀ·scale)·v`` per sequ
                    kernel (cuDNN / flash / mem-efficient); on CPU/MPS its math kernels. Varlen input with equal
                    lengths is run as one dense batch; ragged input loops over sequences.
 * ``flash_attn`` - the ``flash_attn`` package's varlen kernel (CUDA, fp16/bf16), when installed.
+* ``fa4``        - FlashAttention-4 (the optional ``flash-attn-4`` package, ``flash_attn.cute``; CuTe-DSL kernels
+                   compiled at run time, no build step) for fp16/bf16 CUDA tensors on compute capability ≥ 8.0, as
+                   one opaque op under ``torch.compile``; SDPA elsewhere (CPU, fp32, older GPUs).
 * ``triton``     - the pack's Triton flash-attention kernel (``trellis2_kernels.attention``; its PyTorch reference
                    where Triton cannot run), as one opaque op under ``torch.compile``.
 * ``naive``      - explicit matmul + softmax in float32 (the test oracle).
@@ -26,18 +29,33 @@ from torch import Tensor
 
 from .. import _kernels
 
-__all__ = ["AttentionBackend", "attention", "varlen_attention", "flash_attn_available"]
+__all__ = ["AttentionBackend", "attention", "varlen_attention", "flash_attn_available", "fa4_available"]
 
-AttentionBackend = Literal["auto", "sdpa", "flash_attn", "triton", "naive"]
-_BACKENDS = ("auto", "sdpa", "flash_attn", "triton", "naive")
+AttentionBackend = Literal["auto", "sdpa", "flash_attn", "fa4", "triton", "naive"]
+_BACKENDS = ("auto", "sdpa", "flash_attn", "fa4", "triton", "naive")
+_FA4_MISSING = ("attention backend 'fa4' needs the optional package flash-attn-4 (pip install flash-attn-4), which "
+                "failed to import ({err}); install it, or choose attention_kernel='cudnn'.")
 
 
 @functools.lru_cache(maxsize=1)
 def flash_attn_available() -> bool:
-    """True when the optional ``flash_attn`` package imports."""
+    """True when the optional ``flash_attn`` package (FlashAttention-2) imports with its varlen kernel.
+
+    FlashAttention-4 installs only the namespace ``flash_attn.cute``, so a bare ``import flash_attn`` is not enough.
+    """
     try:
-        import flash_attn  # noqa: F401
+        from flash_attn import flash_attn_varlen_func  # noqa: F401
     except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def fa4_available() -> bool:
+    """True when the optional FlashAttention-4 package (``flash_attn.cute``) imports."""
+    try:
+        from flash_attn.cute import flash_attn_func  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken CuTe-DSL install raises more than ImportError
         return False
     return True
 
@@ -67,11 +85,39 @@ def _(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     return q.new_empty(q.shape)
 
 
+def _fa4_runs_on(q: Tensor) -> bool:
+    """Whether FlashAttention-4 has a kernel for ``q`` (fp16/bf16 on a CUDA device of compute capability ≥ 8)."""
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            and torch.cuda.get_device_capability(q.device)[0] >= 8)
+
+
+@torch.library.custom_op("trellis2::fa4_attention", mutates_args=())
+def _fa4_attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """``[B, Lq, H, D]`` attention through FlashAttention-4 where it runs, else SDPA (contiguous output)."""
+    if not _fa4_runs_on(q):
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
+        return out.transpose(1, 2).contiguous()
+    try:
+        from flash_attn.cute import flash_attn_func
+    except Exception as err:  # noqa: BLE001 - see fa4_available
+        raise RuntimeError(_FA4_MISSING.format(err=f"{type(err).__name__}: {err}")) from err
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out = flash_attn_func(q, k, v, softmax_scale=scale)
+    return (out[0] if isinstance(out, tuple) else out).contiguous()
+
+
+@_fa4_attention_op.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    return q.new_empty(q.shape)
+
+
 def _bhld(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> Tensor:
     if backend == "naive":
         return _naive(q, k, v, scale)
     if backend == "triton":
         return _flash_attention_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale).transpose(1, 2)
+    if backend == "fa4":
+        return _fa4_attention_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale).transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
@@ -88,6 +134,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None,
         return flash_attn_func(q, k, v, softmax_scale=scale)
     if backend == "triton":
         return _flash_attention_op(q, k, v, scale)
+    if backend == "fa4":
+        return _fa4_attention_op(q, k, v, scale)
     out = _bhld(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale, backend)
     return out.transpose(1, 2)
 
