@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default="128x64x8x3,128x64x8x2,128x128x8x2,128x128x8x3,128x64x4x3,64x64x4x3,"
                                          "128x64x8x3t,128x64x8x2t,128x128x8x2t,128x128x8x3t,128x64x4x3t",
                     help="block_m x block_n x warps x stages, 't' = TMA descriptor loads")
+    ap.add_argument("--fa4-tiles", default="",
+                    help="FlashAttention-4 SM90 tile variants to time as well: tile_m x tile_n x pv_rs x wg_overlap "
+                         "(e.g. 128x128x1x1,128x176x1x1; FA4's private _flash_attn_fwd overrides)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--check-rows", type=int, default=512)
     ap.add_argument("--json", default=None)
@@ -81,20 +85,31 @@ def main(argv: list[str] | None = None) -> int:
             from flash_attn.cute import flash_attn_func
             cands["fa4"] = lambda: flash_attn_func(q, k, v, softmax_scale=scale)
             cands["fa4 (our op)"] = lambda: attention(q, k, v, scale=scale, backend="fa4")
+            for spec in filter(None, a.fa4_tiles.split(",")):
+                from flash_attn.cute.interface import _flash_attn_fwd
+                tm, tn, rs, ol = (int(x) for x in spec.split("x"))
+                cands[f"fa4 {spec}"] = (lambda tm=tm, tn=tn, rs=rs, ol=ol: _flash_attn_fwd(
+                    q, k, v, softmax_scale=scale, tile_mn=(tm, tn), mma_pv_is_rs=bool(rs), intra_wg_overlap=bool(ol)))
         for spec, cfg in configs:
             cands[f"triton {spec}"] = (lambda cfg=cfg: attention_triton(q, k, v, scale, cfg))
         for cname, fn in cands.items():
             try:
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
                 out = fn()
                 out = out[0] if isinstance(out, tuple) else out
+                torch.cuda.synchronize()
+                first_s = time.perf_counter() - t0  # includes a run-time compile (FA4: once per config)
                 err = float((out[:, :rows].float() - ref).abs().max())
                 ms = triton.testing.do_bench(fn, warmup=3, rep=a.reps * 10, return_mode="median")
             except Exception as exc:  # noqa: BLE001 - a config that fails to compile is reported, not fatal
                 row[cname] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
                 print(f"{name} {cname}: FAILED {row[cname]['error']}", flush=True)
                 continue
-            row[cname] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1), "max_err": err}
-            print(f"{name} {cname}: {ms:.3f} ms {flops / ms / 1e9:.0f} TF/s err {err:.2e}", flush=True)
+            row[cname] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1), "max_err": err,
+                          "first_call_s": round(first_s, 3)}
+            print(f"{name} {cname}: {ms:.3f} ms {flops / ms / 1e9:.0f} TF/s err {err:.2e} "
+                  f"(first call {first_s:.2f} s)", flush=True)
         results["shapes"][name] = row
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))

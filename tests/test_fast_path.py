@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
 from pathlib import Path
 
@@ -42,6 +43,7 @@ SWITCHES = {
     "fused_qk_norm_rope (CPU: its reference)": FastPathConfig(fused_qk_norm_rope=True, fused_min_rows=0),
     "fused_norm_modulate (CPU: its reference)": FastPathConfig(fused_norm_modulate=True, fused_min_rows=0),
     "attention_kernel triton (CPU: its reference)": FastPathConfig(attention_kernel="triton"),
+    "attention_kernel fa4 (CPU: SDPA)": FastPathConfig(attention_kernel="fa4", fused_min_rows=0),
     "all (fast)": dataclasses.replace(FastPathConfig.fast(), fused_min_rows=0),
 }
 
@@ -230,11 +232,21 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_fused_elementwise_kernels_only_for_large_calls():
     """The fused q/k norm + RoPE and norm + modulation ops cost host time per call: small (launch-bound) model calls
     keep the compiled plain ops, large ones use the kernels; the other choices do not depend on the size."""
-    fast = FastPathConfig.fast()
+    fast = dataclasses.replace(FastPathConfig.fast(), attention_kernel="cudnn")
     small, large = fast.block_kernels(fast.fused_min_rows - 1), fast.block_kernels(fast.fused_min_rows)
     assert not small.fused_qk and not small.fused_norm and small.fused_mlp
-    assert large.fused_qk and large.fused_norm and large.fused_mlp and large.attention == small.attention
+    assert large.fused_qk and large.fused_norm and large.fused_mlp and large.attention == small.attention == "auto"
     assert not FastPathConfig().block_kernels(10 ** 6).fused_qk
+    fa4 = dataclasses.replace(fast, attention_kernel="fa4")  # FA4's host cost per call: long sequences only
+    assert fa4.block_kernels(fast.fused_min_rows - 1).attention == "auto"
+    assert fa4.block_kernels(fast.fused_min_rows).attention == "fa4"
+
+
+@pytest.mark.parametrize("installed, kernel", [(True, "fa4"), (False, "cudnn")])
+def test_fast_uses_flash_attention_4_only_when_installed(monkeypatch, installed, kernel):
+    attention_module = importlib.import_module("trellis2_core.sparse.attention")
+    monkeypatch.setattr(attention_module, "fa4_available", lambda: installed)
+    assert FastPathConfig.fast().attention_kernel == kernel
 
 
 def test_fp8_linear_config():

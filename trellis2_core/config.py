@@ -49,9 +49,9 @@ class FastPathConfig:
         attention_kernel: fused SDPA kernel to allow on CUDA: 'default' (PyTorch's choice), 'cudnn', 'flash'
             (FlashAttention-2, the official op), 'efficient' or 'math'; or 'triton': the DiT blocks use the pack's
             Triton flash-attention kernel (``trellis2_kernels.attention``; its PyTorch reference off GPU); or
-            'fa4': the DiT blocks call FlashAttention-4 (optional package ``flash-attn-4``; SDPA restricted to
-            cuDNN where it has no kernel: CPU, fp32, GPUs before compute capability 8.0). SDPA choices are ignored
-            on CPU.
+            'fa4': the DiT blocks call FlashAttention-4 for model calls of ≥ ``fused_min_rows`` rows (optional
+            package ``flash-attn-4``; 1.14–1.17× cuDNN at 20–47 K tokens on an H200), cuDNN otherwise and where
+            FA4 is not used (CPU, fp32, GPUs before compute capability 9.0). SDPA choices are ignored on CPU.
         fused_mlp: compute the MLP's first layer and its tanh-GELU as one GEMM with the activation in the epilogue
             (cuBLASLt on CUDA fp16/bf16, :mod:`trellis2_core.models.fused_mlp`): one pass less over the largest
             activation of the block and one hidden-sized buffer less at the peak. The reference elsewhere.
@@ -61,8 +61,8 @@ class FastPathConfig:
         fused_norm_modulate: the blocks' non-affine LayerNorm + adaLN modulation (before self-attention and before
             the MLP) as one Triton pass for dense tokens (``trellis2_kernels.layer_norm_modulate`` via
             :mod:`trellis2_core.models.fused_norm`); its PyTorch reference off GPU.
-        fused_min_rows: the two switches above apply to model calls of at least this many token rows (batch ×
-            tokens). Each fused op costs ~0.1 ms of host time per call (custom-op dispatch and Triton launch); below
+        fused_min_rows: the two switches above and ``attention_kernel='fa4'`` apply to model calls of at least
+            this many token rows (batch × tokens; cuDNN attention below it). Each fused op costs ~0.1 ms of host time per call (custom-op dispatch and Triton launch); below
             ~16 K rows the GPU finishes a block before the host has issued the next one and the fused ops made
             launch-bound runs slower (H200: 512 texture 255 → 406 ms, 1024 structure under ``low`` 651 →
             1340 ms) while saving 2 % at 20 K+ rows (benchmarks/RESULTS.md, 2026-12-03 second session).
@@ -102,13 +102,16 @@ class FastPathConfig:
     @classmethod
     def fast(cls, compile_blocks: bool = True, fp8_linear: bool = False) -> "FastPathConfig":
         """The measured-fastest set on an H100/H200 (benchmarks/RESULTS.md, "Pipeline" and the 2026-12-03 session):
-        every switch but CUDA graphs (no gain once the blocks are compiled), cuDNN attention (1.6–1.9×
+        every switch but CUDA graphs (no gain once the blocks are compiled), FlashAttention-4 for long sequences when
+        the optional ``flash-attn-4`` is installed (1.14–1.17× cuDNN there), else cuDNN attention (1.6–1.9×
         FlashAttention-2, 1.1× our Triton kernel), the fused MLP epilogue, the q/k norm + RoPE and norm + modulation
         kernels (for calls of ≥ ``fused_min_rows`` rows). ``fp8_linear=True`` adds the approximate fp8 block GEMMs
         (off by default)."""
+        from .sparse.attention import fa4_available  # imports FA4 (once) only if it is installed
+
         return cls(cache_cross_kv=True, skip_uncond_cross_attn=True, batch_cfg=True, dense_tokens=True,
-                   compile_blocks=compile_blocks, attention_kernel="cudnn", fused_mlp=True, fused_qk_norm_rope=True,
-                   fused_norm_modulate=True, fp8_linear=fp8_linear)
+                   compile_blocks=compile_blocks, attention_kernel="fa4" if fa4_available() else "cudnn",
+                   fused_mlp=True, fused_qk_norm_rope=True, fused_norm_modulate=True, fp8_linear=fp8_linear)
 
     def use_dense_tokens(self) -> bool:
         return self.dense_tokens or self.compile_blocks
@@ -128,7 +131,10 @@ class FastPathConfig:
     def block_kernels(self, rows: int) -> "BlockKernels":
         """The kernel choices handed to every DiT block forward of a model call on ``rows`` token rows."""
         big = rows >= self.fused_min_rows
-        return BlockKernels(self.attention_backend(), self.fused_mlp, self.fused_qk_norm_rope and big,
+        attention = self.attention_backend()
+        if attention == "fa4" and not big:  # FA4's host cost per call (~0.2 ms) loses to cuDNN on short sequences
+            attention = "auto"
+        return BlockKernels(attention, self.fused_mlp, self.fused_qk_norm_rope and big,
                             self.fused_norm_modulate and big)
 
     def attention_context(self, device: torch.device) -> ContextManager[None]:
