@@ -240,10 +240,12 @@ def _all_models(m: Models) -> dict:
 
 # ------------------------------------------------------------------------------------------------ one run
 class Timer:
-    """Per-stage wall time (ms) and, on CUDA, per-stage peak allocated/reserved memory (GB)."""
+    """Per-stage wall time (ms) and, on CUDA, per-stage peak allocated/reserved memory (GB); optionally the GPU
+    timeline of one stage (``profile_stage``: kernels recorded by ``torch.profiler``, summarised into ``profile``)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, profile_stage: str | None = None) -> None:
         self.device, self.ms, self.peak_gb = device, {}, {}
+        self.profile_stage, self.profile = profile_stage, None
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -255,10 +257,18 @@ class Timer:
         cuda = self.device.type == "cuda"
         if cuda:  # each stage's own peak (the run's peak is the largest of them)
             torch.cuda.reset_peak_memory_stats(self.device)
+        prof = None
+        if name == self.profile_stage:
+            from torch.profiler import ProfilerActivity, profile
+            prof = profile(activities=[ProfilerActivity.CUDA])
+            prof.__enter__()
         t0 = time.perf_counter()
         yield
         self.sync()
         self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+        if prof is not None:
+            prof.__exit__(None, None, None)
+            self.profile = summarize_gpu_timeline(prof, self.ms[name])
         if cuda:
             self.peak_gb[name] = [round(v, 2) for v in self._peaks()]
 
@@ -267,13 +277,49 @@ class Timer:
                 torch.cuda.max_memory_reserved(self.device) / 1e9)
 
 
+def summarize_gpu_timeline(prof, wall_ms: float, top: int = 12) -> dict:
+    """Where a profiled stage's wall time went on the GPU: the union of kernel/copy intervals (busy), the idle rest,
+    the gaps between GPU work (count and sum of those over 20 µs, the largest ones) and the kernels with the most
+    time. From the profiler's Chrome trace (µs timestamps)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text()).get("traceEvents", [])
+    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), e.get("name", "?")) for e in events
+                   if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in e)
+    if not spans:
+        return {"wall_ms": wall_ms, "error": "no GPU events recorded"}
+    busy, gaps, (cur0, cur1) = 0.0, [], spans[0][:2]
+    per_name: dict[str, list[float]] = {}
+    for t0, t1, name in spans:
+        rec = per_name.setdefault(name[:90], [0.0, 0])
+        rec[0] += t1 - t0
+        rec[1] += 1
+        if t0 > cur1:
+            busy, gaps, (cur0, cur1) = busy + cur1 - cur0, gaps + [t0 - cur1], (t0, t1)
+        else:
+            cur1 = max(cur1, t1)
+    busy += cur1 - cur0
+    big = sorted((g for g in gaps if g > 20.0), reverse=True)
+    kernels = sorted(per_name.items(), key=lambda kv: -kv[1][0])[:top]
+    return {"wall_ms": round(wall_ms, 1), "gpu_busy_ms": round(busy / 1e3, 3),
+            "gpu_span_ms": round((spans[-1][1] - spans[0][0]) / 1e3, 3),
+            "idle_ms": round(wall_ms - busy / 1e3, 3), "events": len(spans),
+            "gaps_over_20us": len(big), "gaps_over_20us_ms": round(sum(big) / 1e3, 3),
+            "largest_gaps_us": [round(g) for g in big[:10]],
+            "top_kernels": [{"name": n, "ms": round(v[0] / 1e3, 3), "count": v[1]} for n, v in kernels]}
+
+
 @torch.no_grad()
 def run_pipeline(m: Models, geo: Geometry, ptype: PipelineType, fast: FastPathConfig, device: torch.device,
-                 warmup: bool, seed: int = 42) -> dict:
-    """All stages once; returns per-stage ms, DiT forwards per stage and the final latents."""
+                 warmup: bool, seed: int = 42, profile_stage: str | None = None) -> dict:
+    """All stages once; returns per-stage ms, DiT forwards per stage and the final latents (and, with
+    ``profile_stage``, that stage's GPU timeline summary under ``profile``)."""
     sp = {k: dataclasses.replace(v, steps=2, rescale_t=1.0) if warmup else v for k, v in _SAMPLERS.items()}
     norm = Normalization((0.0,) * 32, (1.0,) * 32)
-    hooks, gen, timer, fwd = StageHooks(record_calls=True), torch.Generator().manual_seed(seed), Timer(device), {}
+    hooks, gen, fwd = StageHooks(record_calls=True), torch.Generator().manual_seed(seed), {}
+    timer = Timer(device, profile_stage)
     with timer("structure"):
         st = sample_structure(m.flows["ss"], m.ss_dec, m.cond512, sp["ss"], ptype.ss_res, gen, hooks, fast=fast)
     fwd["structure"] = len(st.run.calls)
@@ -309,6 +355,7 @@ def run_pipeline(m: Models, geo: Geometry, ptype: PipelineType, fast: FastPathCo
         meshes = m.shape_dec.meshes_from_raw(raw, shape.res)
         pbr_voxels(tex_raw, shape.res)
     return {"stages_ms": timer.ms, "stage_peak_gb": timer.peak_gb, "forwards": fwd, "latents": latents,
+            "profile": timer.profile,
             "n_hr": int(shape.slat.num_voxels),
             "hr_res": int(shape.res), "voxels_out": int(raw.num_voxels), "faces": int(meshes[0].faces.shape[0])}
 
@@ -339,7 +386,8 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def bench_type(m: Models, tname: str, modes: list[str], device: torch.device, tiny: bool, log,
-               repeat: int = 1) -> dict:
+               repeat: int = 1, profile: tuple[str, list[str]] | None = None) -> dict:
+    """Every mode on one pipeline type; ``profile = (stage, modes)`` adds one profiled run of those modes."""
     ptype = PipelineType.parse(tname)
     t0 = time.perf_counter()
     geo = make_geometry(ptype, (_TARGETS_TINY if tiny else _TARGETS)[tname], device)
@@ -377,6 +425,11 @@ def bench_type(m: Models, tname: str, modes: list[str], device: torch.device, ti
             res = min(runs, key=lambda r: r["total_ms"])
             rec.update({k: v for k, v in res.items() if k != "latents"})
             rec["all_totals_ms"] = [r["total_ms"] for r in runs]
+            if profile is not None and mode in profile[1] and device.type == "cuda":
+                torch.cuda.empty_cache()
+                rec["profile"] = run_pipeline(m, geo, ptype, fast, device, warmup=False,
+                                              profile_stage=profile[0])["profile"]
+                log(f"[{tname}] {mode}: profile of {profile[0]}: {json.dumps(rec['profile'])}")
             if first is None:
                 first = (mode, res["latents"])
             rec["cosine_vs"] = first[0]
@@ -488,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="timed runs per mode for --repeat-types (best is shown)")
     ap.add_argument("--repeat-types", default="512,1024_cascade")
     ap.add_argument("--json", default=None, help="write results here (rewritten after every type)")
+    ap.add_argument("--profile-stage", default=None,
+                    help="after the timed runs, one more run of --profile-modes with this stage's GPU kernels recorded "
+                         "(torch.profiler): busy vs idle time, gaps, top kernels (CUDA)")
+    ap.add_argument("--profile-modes", default="fast")
     ap.add_argument("--tiny", action="store_true", help="tiny widths and token counts (CPU smoke test)")
     ap.add_argument("--attention", action="store_true", help="also time the SDPA kernels on DiT shapes (CUDA)")
     args = ap.parse_args(argv)
@@ -524,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     for tname in types:
         tmodes = modes + (extra if tname in args.extra_types.split(",") else [])
         rep = args.repeat if tname in args.repeat_types.split(",") else 1
-        results["types"][tname] = bench_type(models, tname, tmodes, device, args.tiny, log, rep)
+        prof = (args.profile_stage, args.profile_modes.split(",")) if args.profile_stage else None
+        results["types"][tname] = bench_type(models, tname, tmodes, device, args.tiny, log, rep, prof)
         if device.type == "cuda":
             from torch._dynamo.utils import counters
             results["types"][tname]["dynamo"] = {k: dict(v) for k, v in counters.items()
