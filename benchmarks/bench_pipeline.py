@@ -41,6 +41,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -241,11 +242,12 @@ def _all_models(m: Models) -> dict:
 # ------------------------------------------------------------------------------------------------ one run
 class Timer:
     """Per-stage wall time (ms) and, on CUDA, per-stage peak allocated/reserved memory (GB); optionally the GPU
-    timeline of one stage (``profile_stage``: kernels recorded by ``torch.profiler``, summarised into ``profile``)."""
+    timeline of some stages (``profile_stages``: kernels recorded by ``torch.profiler``, summarised per stage into
+    ``profile``)."""
 
-    def __init__(self, device: torch.device, profile_stage: str | None = None) -> None:
+    def __init__(self, device: torch.device, profile_stages: Sequence[str] = ()) -> None:
         self.device, self.ms, self.peak_gb = device, {}, {}
-        self.profile_stage, self.profile = profile_stage, None
+        self.profile_stages, self.profile = tuple(profile_stages), {}
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -258,7 +260,7 @@ class Timer:
         if cuda:  # each stage's own peak (the run's peak is the largest of them)
             torch.cuda.reset_peak_memory_stats(self.device)
         prof = None
-        if name == self.profile_stage:
+        if name in self.profile_stages:
             from torch.profiler import ProfilerActivity, profile
             prof = profile(activities=[ProfilerActivity.CUDA])
             prof.__enter__()
@@ -268,7 +270,7 @@ class Timer:
         self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
         if prof is not None:
             prof.__exit__(None, None, None)
-            self.profile = summarize_gpu_timeline(prof, self.ms[name])
+            self.profile[name] = summarize_gpu_timeline(prof, self.ms[name])
         if cuda:
             self.peak_gb[name] = [round(v, 2) for v in self._peaks()]
 
@@ -313,13 +315,13 @@ def summarize_gpu_timeline(prof, wall_ms: float, top: int = 12) -> dict:
 
 @torch.no_grad()
 def run_pipeline(m: Models, geo: Geometry, ptype: PipelineType, fast: FastPathConfig, device: torch.device,
-                 warmup: bool, seed: int = 42, profile_stage: str | None = None) -> dict:
+                 warmup: bool, seed: int = 42, profile_stages: Sequence[str] = ()) -> dict:
     """All stages once; returns per-stage ms, DiT forwards per stage and the final latents (and, with
-    ``profile_stage``, that stage's GPU timeline summary under ``profile``)."""
+    ``profile_stages``, those stages' GPU timeline summaries under ``profile``)."""
     sp = {k: dataclasses.replace(v, steps=2, rescale_t=1.0) if warmup else v for k, v in _SAMPLERS.items()}
     norm = Normalization((0.0,) * 32, (1.0,) * 32)
     hooks, gen, fwd = StageHooks(record_calls=True), torch.Generator().manual_seed(seed), {}
-    timer = Timer(device, profile_stage)
+    timer = Timer(device, profile_stages)
     with timer("structure"):
         st = sample_structure(m.flows["ss"], m.ss_dec, m.cond512, sp["ss"], ptype.ss_res, gen, hooks, fast=fast)
     fwd["structure"] = len(st.run.calls)
@@ -386,8 +388,8 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def bench_type(m: Models, tname: str, modes: list[str], device: torch.device, tiny: bool, log,
-               repeat: int = 1, profile: tuple[str, list[str]] | None = None) -> dict:
-    """Every mode on one pipeline type; ``profile = (stage, modes)`` adds one profiled run of those modes."""
+               repeat: int = 1, profile: tuple[list[str], list[str]] | None = None) -> dict:
+    """Every mode on one pipeline type; ``profile = (stages, modes)`` adds one profiled run of those modes."""
     ptype = PipelineType.parse(tname)
     t0 = time.perf_counter()
     geo = make_geometry(ptype, (_TARGETS_TINY if tiny else _TARGETS)[tname], device)
@@ -428,8 +430,8 @@ def bench_type(m: Models, tname: str, modes: list[str], device: torch.device, ti
             if profile is not None and mode in profile[1] and device.type == "cuda":
                 torch.cuda.empty_cache()
                 rec["profile"] = run_pipeline(m, geo, ptype, fast, device, warmup=False,
-                                              profile_stage=profile[0])["profile"]
-                log(f"[{tname}] {mode}: profile of {profile[0]}: {json.dumps(rec['profile'])}")
+                                              profile_stages=profile[0])["profile"]
+                log(f"[{tname}] {mode}: GPU timeline {json.dumps(rec['profile'])}")
             if first is None:
                 first = (mode, res["latents"])
             rec["cosine_vs"] = first[0]
@@ -541,9 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="timed runs per mode for --repeat-types (best is shown)")
     ap.add_argument("--repeat-types", default="512,1024_cascade")
     ap.add_argument("--json", default=None, help="write results here (rewritten after every type)")
-    ap.add_argument("--profile-stage", default=None,
-                    help="after the timed runs, one more run of --profile-modes with this stage's GPU kernels recorded "
-                         "(torch.profiler): busy vs idle time, gaps, top kernels (CUDA)")
+    ap.add_argument("--profile-stages", default="",
+                    help="after the timed runs, one more run of --profile-modes with these stages' GPU kernels "
+                         "recorded (torch.profiler; comma-separated): busy vs idle time, gaps, top kernels (CUDA)")
     ap.add_argument("--profile-modes", default="fast")
     ap.add_argument("--tiny", action="store_true", help="tiny widths and token counts (CPU smoke test)")
     ap.add_argument("--attention", action="store_true", help="also time the SDPA kernels on DiT shapes (CUDA)")
@@ -581,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     for tname in types:
         tmodes = modes + (extra if tname in args.extra_types.split(",") else [])
         rep = args.repeat if tname in args.repeat_types.split(",") else 1
-        prof = (args.profile_stage, args.profile_modes.split(",")) if args.profile_stage else None
+        prof = (args.profile_stages.split(","), args.profile_modes.split(",")) if args.profile_stages else None
         results["types"][tname] = bench_type(models, tname, tmodes, device, args.tiny, log, rep, prof)
         if device.type == "cuda":
             from torch._dynamo.utils import counters
