@@ -9,6 +9,9 @@ Run by ComfyUI-Manager after cloning (and safe to run by hand: ``python install.
    does not load it at page start (the viewer imports it only when a preview is shown). No CDN at run time.
 
 ``--skip-pip`` only fetches three.js; ``--tarball FILE`` uses a local copy of the npm tarball (offline installs).
+``--fa4`` also installs the optional FlashAttention-4 accelerator (``flash-attn-4``, pinned; pure-Python wheels whose
+kernels CuTe-DSL compiles at run time, nothing to build): 1.14–1.17× cuDNN attention at 1024/1536 on Hopper GPUs,
+picked up by the fast path automatically.
 """
 from __future__ import annotations
 
@@ -45,9 +48,32 @@ REWRITES = {
 STAMP = "VERSION"
 
 
+FA4_VERSION = "4.0.0b36"  # measured in benchmarks/RESULTS.md (2026-12-03, third session)
+
+
 def pip_install() -> None:
     req = os.path.join(HERE, "requirements.txt")
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-r", req])
+
+
+def fa4_requirement(torch_cuda: str | None) -> str:
+    """The pip requirement of FlashAttention-4 matching the installed torch's CUDA version (its CuTe-DSL runtime
+    comes per CUDA major version)."""
+    if not torch_cuda:
+        raise SystemExit("--fa4: the installed torch has no CUDA support (a CPU or ROCm build); FlashAttention-4 "
+                         "needs an NVIDIA GPU build of torch. Install one, or leave out --fa4.")
+    major = int(torch_cuda.split(".")[0])
+    if major < 12:
+        raise SystemExit(f"--fa4: torch is built for CUDA {torch_cuda}; FlashAttention-4 needs CUDA 12 or 13. "
+                         "Upgrade torch, or leave out --fa4.")
+    return f"flash-attn-4[cu13]=={FA4_VERSION}" if major >= 13 else f"flash-attn-4=={FA4_VERSION}"
+
+
+def pip_install_fa4() -> None:
+    import torch  # installed by now (requirements.txt)
+
+    req = fa4_requirement(torch.version.cuda)
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--only-binary=:all:", req])
 
 
 def _check_integrity(data: bytes) -> None:
@@ -107,9 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-pip", action="store_true", help="only install three.js into web/vendor/")
     parser.add_argument("--tarball", help="local three-%s.tgz instead of downloading it" % THREE_VERSION)
     parser.add_argument("--force", action="store_true", help="re-install three.js even if present")
+    parser.add_argument("--fa4", action="store_true",
+                        help=f"also install the optional FlashAttention-4 accelerator (flash-attn-4=={FA4_VERSION}; "
+                             "NVIDIA Hopper or newer GPUs)")
     args = parser.parse_args(argv)
     if not args.skip_pip:
         pip_install()
+    if args.fa4:
+        pip_install_fa4()
     folder = vendor_three(args.tarball, args.force)
     print(f"three.js {THREE_VERSION} installed in {folder}")
     return 0

@@ -60,3 +60,24 @@ def test_pinned_version_matches_the_viewer():
         assert f"../vendor/{name}" in viewer
         assert name in install.FILES.values()
     assert install.THREE_URL.endswith(f"three-{install.THREE_VERSION}.tgz")
+
+
+@pytest.mark.parametrize("cuda, req", [("13.0", f"flash-attn-4[cu13]=={install.FA4_VERSION}"),
+                                       ("12.8", f"flash-attn-4=={install.FA4_VERSION}")])
+def test_fa4_requirement_follows_torch_cuda(cuda, req):
+    assert install.fa4_requirement(cuda) == req
+
+
+@pytest.mark.parametrize("cuda, match", [(None, "no CUDA support"), ("11.8", "CUDA 12 or 13")])
+def test_fa4_refused_without_a_suitable_torch(cuda, match):
+    with pytest.raises(SystemExit, match=match):
+        install.fa4_requirement(cuda)
+
+
+def test_fa4_flag_installs_the_pinned_wheel_only(fake_three, monkeypatch):
+    calls = []
+    monkeypatch.setattr(install.subprocess, "check_call", lambda cmd: calls.append(cmd))
+    monkeypatch.setattr("torch.version.cuda", "13.0")
+    assert install.main(["--skip-pip", "--fa4", "--tarball", str(fake_three)]) == 0
+    assert calls == [[install.sys.executable, "-m", "pip", "install", "--only-binary=:all:",
+                      f"flash-attn-4[cu13]=={install.FA4_VERSION}"]]
