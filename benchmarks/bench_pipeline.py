@@ -22,9 +22,11 @@ Modes (same process, same noise, same voxel sets): ``reference`` = eager, FlashA
 backend, the official ``flash_attn`` class), nothing cached; ``eager`` = eager with PyTorch's default SDPA choice;
 ``fast`` = ``FastPathConfig.fast()``; ``fast-<switch>`` / ``fast+<switch>`` = with a switch off / on (ablations);
 ``<mode>@<kernel>`` forces the attention kernel; ``<mode>:medium`` / ``<mode>:low`` run it under that VRAM preset
-(weights in page-locked host memory, ``trellis2_core.loading.residency``; peak VRAM is the point). Each (type, mode) first runs a short warm-up (2 steps per stage,
-one CFG and one plain step; full decoders) so that cuDNN plans, Triton kernels and ``torch.compile`` graphs are
-built, then the timed run. Final latents of every mode are compared with the first mode (cosine similarity).
+(weights in page-locked host memory, ``trellis2_core.loading.residency``; peak VRAM is the point). Each (type,
+mode) first runs a short warm-up (2 steps per stage, one CFG and one plain step; full decoders) so that cuDNN plans,
+Triton kernels and ``torch.compile`` graphs are built, then the timed run(s) (``--repeat``). ``--profile-stages``
+adds one run whose named stages record their GPU kernels (busy vs idle time, gaps, top kernels). Final latents of
+every mode are compared with the first mode (cosine similarity).
 
     python benchmarks/bench_pipeline.py --device cuda --types 512,1024_cascade,1536_cascade \\
         --modes reference,fast --json pipeline.json

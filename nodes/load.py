@@ -20,7 +20,8 @@ DEFAULT_SOURCE = "microsoft/TRELLIS.2-4B"
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 DEVICES = ("auto", "cuda", "cpu", "mps")
 SPEEDS = {"fast": FastPathConfig.fast, "eager": FastPathConfig}  # FastPathConfig() = the plain eager path
-ATTENTION = ("auto",)  # the library picks SDPA / flash-attn itself; explicit choices come with RuntimeConfig
+#: attention_backend choices (``FastPathConfig.with_attention``; "auto" keeps the speed preset's own choice)
+ATTENTION = ("auto", "cudnn", "fa4", "flash", "triton")
 
 
 def list_sources() -> list[str]:
@@ -78,8 +79,11 @@ class Trellis2LoadModel:
                                "own (bfloat16/float16) on a GPU, float32 on the CPU."}),
                 "attention_backend": (list(ATTENTION), {
                     "default": "auto",
-                    "tooltip": "Attention kernel. auto = PyTorch SDPA (flash/cuDNN on CUDA), flash-attn for ragged "
-                               "batches when installed."}),
+                    "tooltip": "Attention kernel on NVIDIA GPUs (the CPU always uses PyTorch's). auto = the speed "
+                               "setting's choice: with speed 'fast', FlashAttention-4 for the long 1024/1536 "
+                               "sequences when installed (install.py --fa4; Hopper or newer), cuDNN otherwise. "
+                               "cudnn / fa4 / flash (FlashAttention-2, as the official code) / triton (this pack's "
+                               "kernel) force one; all give the same results up to rounding."}),
                 "vram_preset": (list(VRAM_PRESETS), {
                     "default": "auto",
                     "tooltip": "GPU memory use. high: all models stay on the GPU (fastest, ~16 GB at 1024, ~21 GB "
@@ -99,8 +103,9 @@ class Trellis2LoadModel:
                 "speed": (list(SPEEDS), {
                     "default": "fast",
                     "tooltip": "fast: cached cross-attention keys/values, batched guidance passes, compiled "
-                               "transformer blocks and cuDNN attention (same results up to rounding; the first run "
-                               "compiles for ~30 s). eager: the plain op-by-op path, like the official code."}),
+                               "transformer blocks, fused kernels and the fastest attention installed (same results "
+                               "up to rounding; the first run compiles for ~30 s). eager: the plain op-by-op path, "
+                               "like the official code."}),
             },
         }
 
@@ -110,6 +115,9 @@ class Trellis2LoadModel:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if attention_backend not in ATTENTION:
             raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION)}, got {attention_backend!r}")
+        if speed not in SPEEDS:
+            raise ValueError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}")
+        fast = SPEEDS[speed]().with_attention(attention_backend)  # checked before any download or weight loading
         src = custom_source.strip() or source
         dev = _device(device)
         models = bridge.models_dir()
@@ -118,13 +126,10 @@ class Trellis2LoadModel:
         except WeightsError as err:
             raise WeightsError(f"{err} (ComfyUI model folders searched: "
                                f"{', '.join(str(d) for d in bridge.trellis2_dirs())})") from err
-        if speed not in SPEEDS:
-            raise ValueError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}")
         preset = resolve_preset(vram_preset, dev)
         pipeline = Pipeline.from_pretrained(root, models_dir=models, device=dev, dtype_override=_dtype(precision, dev),
                                             vram_preset=preset)
-        handle = PipelineHandle(pipeline=pipeline, source=src, root=root, device=dev, vram_preset=preset,
-                                fast=SPEEDS[speed]())
+        handle = PipelineHandle(pipeline=pipeline, source=src, root=root, device=dev, vram_preset=preset, fast=fast)
         return (handle,)
 
 

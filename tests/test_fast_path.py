@@ -320,3 +320,18 @@ def test_fp8_compiled_block_follows_the_switch(monkeypatch):
     torch.testing.assert_close(compiled_fp8, eager_fp8, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(compiled_plain, plain, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(eager_fp8, plain, atol=1e-4, rtol=1e-4)
+
+
+def test_with_attention_checks_flash_attention_4_up_front(monkeypatch):
+    from trellis2_core.errors import BackendError
+    attention_module = importlib.import_module("trellis2_core.sparse.attention")
+    base = FastPathConfig.fast()
+    assert base.with_attention("auto") is base and base.with_attention(None) is base
+    assert base.with_attention("flash") == dataclasses.replace(base, attention_kernel="flash")
+    with pytest.raises(ValueError, match="attention_kernel"):
+        base.with_attention("fa3")
+    monkeypatch.setattr(attention_module, "fa4_available", lambda: False)
+    with pytest.raises(BackendError, match=r"install\.py --fa4"):
+        base.with_attention("fa4")
+    monkeypatch.setattr(attention_module, "fa4_available", lambda: True)
+    assert base.with_attention("fa4").attention_kernel == "fa4"

@@ -50,8 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "model at a time, the next prefetched (≤ 8 GB at 1024); low = blocks streamed from host "
                         "memory (≤ 4 GB); auto = by free memory (default: %(default)s)")
     g.add_argument("--speed", choices=("fast", "eager"), default="fast",
-                   help="fast: cached cross-attention K/V, batched CFG, compiled blocks, cuDNN attention (exact up "
-                        "to rounding); eager: the plain op-by-op path (default: %(default)s)")
+                   help="fast: cached cross-attention K/V, batched CFG, compiled blocks, fused kernels, the fastest "
+                        "attention installed (exact up to rounding); eager: the plain op-by-op path "
+                        "(default: %(default)s)")
+    g.add_argument("--attention", choices=("auto", "cudnn", "fa4", "flash", "triton"), default="auto",
+                   help="attention kernel on NVIDIA GPUs: auto = the --speed choice (fast: FlashAttention-4 for long "
+                        "sequences when installed, 'install.py --fa4', else cuDNN); flash = FlashAttention-2 "
+                        "(official); triton = this pack's kernel (default: %(default)s)")
     s = p.add_argument_group("sampling")
     s.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s, as official)")
     s.add_argument("--steps", type=int, default=None, help="sampler steps of every stage (default 12)")
@@ -155,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             export=export, device=args.device, dtype=args.dtype, models_dir=args.models_dir,
             offline=True if args.offline else None, background=args.background, mask=args.mask,
             matting_model=args.rembg_model, progress=bars, vram_preset=args.vram,
-            fast=FastPathConfig.fast() if args.speed == "fast" else FastPathConfig())
+            fast=(FastPathConfig.fast() if args.speed == "fast" else FastPathConfig()).with_attention(args.attention))
     except WeightsError as err:
         bars.close(failed=True)
         print(f"error: {err}\n\n{_WEIGHTS_HELP}", file=sys.stderr)

@@ -8,6 +8,7 @@ noise, ``tests/test_fast_path.py``; the approximate ``fp8_linear`` has a looser 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import ContextManager, NamedTuple
 
@@ -62,10 +63,12 @@ class FastPathConfig:
             the MLP) as one Triton pass for dense tokens (``trellis2_kernels.layer_norm_modulate`` via
             :mod:`trellis2_core.models.fused_norm`); its PyTorch reference off GPU.
         fused_min_rows: the two switches above and ``attention_kernel='fa4'`` apply to model calls of at least
-            this many token rows (batch × tokens; cuDNN attention below it). Each fused op costs ~0.1 ms of host time per call (custom-op dispatch and Triton launch); below
-            ~16 K rows the GPU finishes a block before the host has issued the next one and the fused ops made
-            launch-bound runs slower (H200: 512 texture 255 → 406 ms, 1024 structure under ``low`` 651 →
-            1340 ms) while saving 2 % at 20 K+ rows (benchmarks/RESULTS.md, 2026-12-03 second session).
+            this many token rows (batch × tokens; cuDNN attention below it). Each fused op costs ~0.1 ms of host
+            time per call (custom-op dispatch and Triton launch; FA4's launch ~0.2 ms); below ~16 K rows the GPU
+            finishes a block before the host has issued the next one and the fused ops made launch-bound runs slower
+            (H200: 512 texture 255 → 406 ms, 1024 structure under ``low`` 651 → 1340 ms; FA4 on every call: 1024
+            structure 556 → 684 ms) while saving 2 % (FA4: 8–10 %) at 20 K+ rows (benchmarks/RESULTS.md,
+            2026-12-03 second and third sessions).
         fp8_linear: run the six per-token linears of every DiT block (self-attention qkv/out, cross-attention q/out,
             MLP) as fp8 GEMMs: activations per token and weights per output channel rounded to float8 e4m3, fp32
             accumulation (``torch._scaled_mm`` on NVIDIA GPUs of compute capability ≥ 8.9 with bf16 blocks; an
@@ -112,6 +115,26 @@ class FastPathConfig:
         return cls(cache_cross_kv=True, skip_uncond_cross_attn=True, batch_cfg=True, dense_tokens=True,
                    compile_blocks=compile_blocks, attention_kernel="fa4" if fa4_available() else "cudnn",
                    fused_mlp=True, fused_qk_norm_rope=True, fused_norm_modulate=True, fp8_linear=fp8_linear)
+
+    def with_attention(self, kernel: str | None) -> "FastPathConfig":
+        """This config with ``attention_kernel=kernel`` (``None`` or 'auto': unchanged, the preset's own choice).
+
+        Raises:
+            BackendError: 'fa4' was asked for but FlashAttention-4 is not installed (said before any work starts).
+        """
+        if kernel in (None, "auto"):
+            return self
+        if kernel == "fa4":
+            from .sparse.attention import fa4_available
+
+            if not fa4_available():
+                from .errors import BackendError
+
+                raise BackendError("attention kernel 'fa4' needs the optional FlashAttention-4 package "
+                                   "(flash-attn-4), which is not installed or fails to import: run "
+                                   "'python install.py --fa4' in the pack's folder (for ComfyUI with ComfyUI's "
+                                   "Python, then restart it), or use 'auto'.")
+        return dataclasses.replace(self, attention_kernel=kernel)
 
     def use_dense_tokens(self) -> bool:
         return self.dense_tokens or self.compile_blocks

@@ -1,6 +1,9 @@
 """Progress, cancellation and VRAM-preset residency plumbing of the nodes (no ComfyUI, no models)."""
 from __future__ import annotations
 
+import dataclasses
+import importlib
+
 import pytest
 import torch
 
@@ -123,6 +126,19 @@ def test_load_node_applies_preset_and_speed_to_the_library(tiny_pipeline):
     with pytest.raises(ValueError, match="speed must be one of"):
         Trellis2LoadModel().load("microsoft/TRELLIS.2-4B", "float32", "auto", "high", "cpu",
                                  custom_source=str(tiny_pipeline), speed="warp")
+    (h,) = Trellis2LoadModel().load("microsoft/TRELLIS.2-4B", "float32", "flash", "high", "cpu",
+                                    custom_source=str(tiny_pipeline))
+    assert h.fast == dataclasses.replace(FastPathConfig.fast(), attention_kernel="flash")
+
+
+def test_load_node_refuses_fa4_when_missing_before_loading(monkeypatch, tmp_path):
+    from nodes.load import Trellis2LoadModel
+    from trellis2_core.errors import BackendError
+
+    monkeypatch.setattr(importlib.import_module("trellis2_core.sparse.attention"), "fa4_available", lambda: False)
+    with pytest.raises(BackendError, match=r"install\.py --fa4"):  # the missing source is never looked at
+        Trellis2LoadModel().load("microsoft/TRELLIS.2-4B", "float32", "fa4", "high", "cpu",
+                                 custom_source=str(tmp_path / "no-such-pipeline"))
 
 
 def test_extra_models_cached_unless_low():
