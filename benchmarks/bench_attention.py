@@ -35,6 +35,21 @@ SHAPES = {  # name: (B, Lq, Lk)
 }
 
 
+def dit_attention_inputs(b: int, lq: int, lk: int, device: torch.device, heads: int = 12, head_dim: int = 128):
+    """Seeded bf16 ``q [B, Lq, H, D]`` and ``k``, ``v [B, Lk, H, D]`` (strided views of one packed tensor, as in the
+    DiT's projections) and the FLOPs of one attention over them (``4·B·H·Lq·Lk·D``)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    q = (torch.randn(b, lq, heads, head_dim, device=device, generator=g) / 4).bfloat16()
+    packed = torch.randn(b, lk, 2, heads, head_dim, device=device, generator=g).bfloat16()
+    return q, packed[:, :, 0], packed[:, :, 1], 4 * b * heads * lq * lk * head_dim
+
+
+def record(row: dict, shape: str, label: str, ms: float, flops: int, note: str, **extra) -> None:
+    """Store one kernel's median time and rate (plus ``extra``) in ``row[label]`` and print them."""
+    row[label] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1), **extra}
+    print(f"{shape} {label}: {ms:.3f} ms {flops / ms / 1e9:.0f} TF/s {note}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=",".join(SHAPES))
@@ -56,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     dev = torch.device("cuda")
-    h, d = 12, 128
-    scale = d ** -0.5
+    scale = 128 ** -0.5
     results: dict = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "shapes": {}}
     configs = []
     for spec in filter(None, a.configs.split(",")):
@@ -65,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         configs.append((spec, AttentionConfig(bm, bn, w, s, tma=spec.endswith("t"))))
     for name in a.shapes.split(","):
         b, lq, lk = SHAPES[name]
-        g = torch.Generator(device=dev).manual_seed(0)
-        q = (torch.randn(b, lq, h, d, device=dev, generator=g) / 4).bfloat16()
-        packed = torch.randn(b, lk, 2, h, d, device=dev, generator=g).bfloat16()
-        k, v = packed[:, :, 0], packed[:, :, 1]
-        flops = 4 * b * h * lq * lk * d
+        q, k, v, flops = dit_attention_inputs(b, lq, lk, dev)
         rows = min(a.check_rows, lq)
         ref = attention_reference(q[:, :rows], k, v, scale).float()
         row: dict = {}
@@ -106,10 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 row[cname] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
                 print(f"{name} {cname}: FAILED {row[cname]['error']}", flush=True)
                 continue
-            row[cname] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1), "max_err": err,
-                          "first_call_s": round(first_s, 3)}
-            print(f"{name} {cname}: {ms:.3f} ms {flops / ms / 1e9:.0f} TF/s err {err:.2e} "
-                  f"(first call {first_s:.2f} s)", flush=True)
+            record(row, name, cname, ms, flops, f"err {err:.2e} (first call {first_s:.2f} s)", max_err=err,
+                   first_call_s=round(first_s, 3))
         results["shapes"][name] = row
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_attention import dit_attention_inputs, record  # this folder is on sys.path when run as a script
 
 SHAPES = {"4096": (2, 4096, 4096), "20000": (2, 20000, 20000), "47000": (2, 47000, 47000),
           "cross 20000x4101": (1, 20000, 4101)}
@@ -45,18 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     dev = torch.device("cuda")
-    h, d = 12, 128
-    scale = d ** -0.5
+    scale = 128 ** -0.5
     res: dict = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
                  "cudnn": torch.backends.cudnn.version(), "shapes": {}}
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
         for name in a.shapes.split(","):
-            b, lq, lk = SHAPES[name]
-            g = torch.Generator(device=dev).manual_seed(0)
-            q = (torch.randn(b, lq, h, d, device=dev, generator=g) / 4).bfloat16()
-            packed = torch.randn(b, lk, 2, h, d, device=dev, generator=g).bfloat16()
-            k, v = packed[:, :, 0], packed[:, :, 1]
-            flops = 4 * b * h * lq * lk * d
+            q, k, v, flops = dit_attention_inputs(*SHAPES[name], dev)
             whole = _sdpa(q, k, v, scale).contiguous()
             cands = {"whole": lambda: _sdpa(q, k, v, scale),
                      "whole, BHLD contiguous": (lambda qc=q.transpose(1, 2).contiguous(),
@@ -72,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                     o = o.transpose(1, 2)
                 same = bool(torch.equal(o.contiguous(), whole))
                 ms = triton.testing.do_bench(fn, warmup=5, rep=300, return_mode="median")
-                row[cname] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1), "bit_identical": same}
-                print(f"{name} {cname}: {ms:.3f} ms {flops / ms / 1e9:.0f} TF/s identical={same}", flush=True)
+                record(row, name, cname, ms, flops, f"identical={same}", bit_identical=same)
             res["shapes"][name] = row
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
