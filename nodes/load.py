@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from trellis2_core.config import FastPathConfig
+from trellis2_core.config import ATTENTION_CHOICES, FastPathConfig
 from trellis2_core.errors import BackendError, WeightsError
 from trellis2_core.loading import PIPELINE_JSON, resolve_pipeline_dir
 from trellis2_core.pipeline.pipeline import Pipeline
@@ -20,8 +20,7 @@ DEFAULT_SOURCE = "microsoft/TRELLIS.2-4B"
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 DEVICES = ("auto", "cuda", "cpu", "mps")
 SPEEDS = {"fast": FastPathConfig.fast, "eager": FastPathConfig}  # FastPathConfig() = the plain eager path
-#: attention_backend choices (``FastPathConfig.with_attention``; "auto" keeps the speed preset's own choice)
-ATTENTION = ("auto", "cudnn", "fa4", "flash", "triton")
+ATTENTION = ATTENTION_CHOICES  # attention_backend: "auto" keeps the speed preset's own choice
 
 
 def list_sources() -> list[str]:

@@ -11,6 +11,8 @@ import logging
 import sys
 from typing import Any, Sequence
 
+from .config import ATTENTION_CHOICES  # torch-free, like everything the parser needs
+
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("trellis2_core")
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast: cached cross-attention K/V, batched CFG, compiled blocks, fused kernels, the fastest "
                         "attention installed (exact up to rounding); eager: the plain op-by-op path "
                         "(default: %(default)s)")
-    g.add_argument("--attention", choices=("auto", "cudnn", "fa4", "flash", "triton"), default="auto",
+    g.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
                    help="attention kernel on NVIDIA GPUs: auto = the --speed choice (fast: FlashAttention-4 for long "
                         "sequences when installed, 'install.py --fa4', else cuDNN); flash = FlashAttention-2 "
                         "(official); triton = this pack's kernel (default: %(default)s)")

@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import ContextManager, NamedTuple
+from typing import TYPE_CHECKING, ContextManager, NamedTuple
 
-import torch
+if TYPE_CHECKING:  # torch only in annotations: the CLI reads this module's constants without importing torch
+    import torch
 
-__all__ = ["FastPathConfig", "BlockKernels", "ATTENTION_KERNELS"]
+__all__ = ["FastPathConfig", "BlockKernels", "ATTENTION_KERNELS", "ATTENTION_CHOICES"]
 
 #: ``attention_kernel`` values: which fused SDPA kernel PyTorch may use on CUDA (§3 of performance.md)
 ATTENTION_KERNELS = ("default", "cudnn", "flash", "efficient", "math", "triton", "fa4")
+#: what users pick (node input, CLI ``--attention``) for :meth:`FastPathConfig.with_attention`; 'auto' = no override
+ATTENTION_CHOICES = ("auto", "cudnn", "fa4", "flash", "triton")
 
 
 class BlockKernels(NamedTuple):
