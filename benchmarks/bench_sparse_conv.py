@@ -32,7 +32,7 @@ LEVELS = {
 def load_kernels():
     """Import ``kernels/`` as ``trellis2_kernels`` (the install name) from this checkout."""
     if "trellis2_kernels" not in sys.modules:
-        root = _REPO / "kernels"
+        root = _REPO / "kernels" / "trellis2_kernels"
         spec = importlib.util.spec_from_file_location("trellis2_kernels", root / "__init__.py",
                                                       submodule_search_locations=[str(root)])
         mod = importlib.util.module_from_spec(spec)

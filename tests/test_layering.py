@@ -53,8 +53,7 @@ def test_every_package_folder_is_listed_in_pyproject():
 
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "trellis2_core").rglob("__init__.py")}
-    found |= {"trellis2_kernels" + "".join("." + part for part in p.parent.relative_to(ROOT / "kernels").parts)
-              for p in (ROOT / "kernels").rglob("__init__.py")}
+    found |= {".".join(p.parent.relative_to(ROOT / "kernels").parts) for p in (ROOT / "kernels").rglob("__init__.py")}
     assert found <= listed, f"add these packages to [tool.setuptools] packages: {sorted(found - listed)}"
 
 

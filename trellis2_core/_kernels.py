@@ -1,8 +1,10 @@
-"""Loads the pack's ``kernels/`` folder as the package ``trellis2_kernels``.
+"""Loads the pack's kernel package ``kernels/trellis2_kernels`` under its name ``trellis2_kernels``.
 
-When the pack is installed with pip (pyproject maps ``kernels/`` to ``trellis2_kernels``) the normal import works.
-When it is used from a plain checkout (a ComfyUI ``custom_nodes`` clone, or the test suite) the folder next to
-``trellis2_core`` is loaded under that name. This is the only module that knows where that folder is.
+The folder ``kernels/`` itself is not a package (no ``__init__.py``), so a checkout on ``sys.path`` (the working
+directory of ``python -m trellis2_core``, pytest's root, a ComfyUI ``custom_nodes`` clone) never shadows PyPI's
+``kernels`` package, which transformers imports. When the pack is installed with pip (pyproject maps
+``kernels/trellis2_kernels``) the normal import works; from a plain checkout the folder is loaded by path. This is
+the only module of the library that knows where that folder is.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def load() -> ModuleType:
     except ModuleNotFoundError as err:
         if err.name != _NAME:
             raise
-    folder = Path(__file__).resolve().parent.parent / "kernels"
+    folder = Path(__file__).resolve().parent.parent / "kernels" / _NAME
     init = folder / "__init__.py"
     if not init.is_file():
         raise ImportError(
