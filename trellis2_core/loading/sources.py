@@ -96,8 +96,10 @@ def resolve_pipeline_dir(source: str | Path, *, models_dir: str | Path | None = 
     """The folder holding ``pipeline.json`` (+ ``ckpts/``) for ``source``.
 
     Tried in order: ``source`` as a path (folder or its ``pipeline.json``); ``<models_dir>/trellis2/<source>``,
-    ``<models_dir>/trellis2/<basename>``, ``<models_dir>/<source>``; then ``source`` as a Hugging Face repo id, in
-    which case ``pipeline.json`` and exactly the checkpoint files it names are downloaded (or taken from the cache).
+    ``<models_dir>/trellis2/<basename>``, ``<models_dir>/<source>``; the name ``demo`` (tiny random weights,
+    written to a cache folder on first use: :func:`.random_pipeline.demo_pipeline`); then ``source`` as a Hugging
+    Face repo id, in which case ``pipeline.json`` and exactly the checkpoint files it names are downloaded (or taken
+    from the cache).
     """
     source_str = str(source)
     looked: list[str] = []
@@ -107,6 +109,10 @@ def resolve_pipeline_dir(source: str | Path, *, models_dir: str | Path | None = 
         if (cand / PIPELINE_JSON).is_file():
             return cand
         looked.append(f"{cand} ({'folder without ' + PIPELINE_JSON if cand.is_dir() else 'not found'})")
+    if source_str == "demo":  # tiny random weights made on first use (no download); see random_pipeline
+        from .random_pipeline import demo_pipeline
+
+        return demo_pipeline()
     if looks_like_repo_id(source_str):
         try:
             root = hub_download(source_str, PIPELINE_JSON, offline=offline).parent
