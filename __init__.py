@@ -34,6 +34,13 @@ def _load_library() -> None:
 
 if __package__:  # loaded as a package, as ComfyUI does
     _load_library()
+    from trellis2_core.dependencies import check_torch, triton_status  # noqa: E402
+
+    check_torch()  # a too-old or missing torch fails the import with how to fix it (we never install torch)
+    if triton_status():
+        import logging
+
+        logging.getLogger("trellis2_core").warning(triton_status())
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
     WEB_DIRECTORY = "web"

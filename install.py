@@ -2,7 +2,9 @@
 
 Run by ComfyUI-Manager after cloning (and safe to run by hand: ``python install.py``). It
 
-1. ``pip install -r requirements.txt`` with the Python running this script (ComfyUI's);
+1. checks that PyTorch is installed (>= 2.4; this pack never installs or upgrades torch: it must match the machine,
+   and in ComfyUI it is ComfyUI's), then ``pip install -r requirements.txt`` with the Python running this script
+   (ComfyUI's) and a constraint that pins the installed torch and triton, so no dependency can replace them;
 2. downloads three.js ``THREE_VERSION`` from the npm registry over HTTPS, checks the tarball against the pinned
    sha512 integrity, and copies the few files the viewer needs into ``web/vendor/`` (git-ignored). The addon
    modules' bare ``'three'`` imports are rewritten to the local file, and everything is named ``*.mjs`` so ComfyUI
@@ -23,9 +25,12 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # trellis2_core's dependency checks (this script may be run from another folder)
+    sys.path.insert(0, HERE)
 VENDOR = os.path.join(HERE, "web", "vendor")
 THREE_VERSION = "0.170.0"
 THREE_URL = f"https://registry.npmjs.org/three/-/three-{THREE_VERSION}.tgz"
@@ -51,9 +56,38 @@ STAMP = "VERSION"
 FA4_VERSION = "4.0.0b36"  # measured in benchmarks/RESULTS.md (2026-12-03, third session)
 
 
-def pip_install() -> None:
-    req = os.path.join(HERE, "requirements.txt")
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-r", req])
+def _installed_pins() -> list[str]:
+    """``name==version`` of the installed torch / triton (what pip must not change)."""
+    from trellis2_core.dependencies import installed_version
+
+    pins = []
+    for dist in ("torch", "triton", "triton-windows"):
+        version = installed_version(dist)
+        if version is not None:
+            pins.append(f"{dist}=={version}")
+    return pins
+
+
+def _check_torch() -> None:
+    from trellis2_core.dependencies import check_torch
+    from trellis2_core.errors import BackendError
+
+    try:
+        version = check_torch()
+    except BackendError as err:
+        raise SystemExit(f"install.py: {err}") from None
+    print(f"install.py: using the installed torch {version} (never changed by this pack)")
+
+
+def pip_install(*requirements: str) -> None:
+    """``pip install`` with the installed torch/triton pinned by a constraints file."""
+    _check_torch()
+    with tempfile.TemporaryDirectory() as tmp:
+        constraints = os.path.join(tmp, "installed-torch.txt")
+        with open(constraints, "w", encoding="utf-8") as f:
+            f.write("\n".join(_installed_pins()) + "\n")
+        args = list(requirements) or ["-r", os.path.join(HERE, "requirements.txt")]
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-c", constraints, *args])
 
 
 def fa4_requirement(torch_cuda: str | None) -> str:
@@ -70,10 +104,9 @@ def fa4_requirement(torch_cuda: str | None) -> str:
 
 
 def pip_install_fa4() -> None:
-    import torch  # installed by now (requirements.txt)
+    import torch  # checked by pip_install
 
-    req = fa4_requirement(torch.version.cuda)
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--only-binary=:all:", req])
+    pip_install("--only-binary=:all:", fa4_requirement(torch.version.cuda))
 
 
 def _check_integrity(data: bytes) -> None:

@@ -153,7 +153,7 @@ def _golden_512(golden_dir):
 
 
 @pytest.mark.parametrize("preset", ["medium", "low"])
-def test_pipeline_under_offloading_presets_is_bit_identical_to_high(golden_dir, preset):
+def test_pipeline_under_offloading_presets_matches_high(golden_dir, preset):
     meta, gold, pdir = _golden_512(golden_dir)
     cond = Conditioning(gold["cond_512"], gold["cond_1024"])
     kw = dict(seed=meta["params"]["seed"], pipeline_type=meta["params"]["pipeline_type"],
@@ -162,8 +162,12 @@ def test_pipeline_under_offloading_presets_is_bit_identical_to_high(golden_dir, 
     store = ModelStore(pdir, vram_preset=preset)
     res = Pipeline(pdir, store).run_from_conditioning(cond, **kw)
     assert store.vram_preset == preset and store.residency.host_bytes > 0
-    torch.testing.assert_close(res.shape.slat.feats, high.shape.slat.feats, rtol=0, atol=0)
-    torch.testing.assert_close(res.material.slat.feats, high.material.slat.feats, rtol=0, atol=0)
+    # The weights are bit-identical, but the host copies live at other addresses than the originals, and oneDNN/MKL
+    # pick their vectorised code path (and so the summation order) by buffer alignment: on a clean machine one
+    # forward differed by ~1e-6 with nothing but the memory layout changed. So "same result" means float32
+    # rounding: 1e-5 is ~10x that and ~1e-6 of the latents' magnitude; a wrong or stale weight moves them by O(1).
+    torch.testing.assert_close(res.shape.slat.feats, high.shape.slat.feats, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(res.material.slat.feats, high.material.slat.feats, rtol=1e-5, atol=1e-5)
     assert torch.equal(res.decoded.meshes[0].faces, high.decoded.meshes[0].faces)
     for key in store.loaded:  # between runs nothing managed holds device copies
         managed = store.residency._managed[key]
