@@ -94,7 +94,7 @@ def test_cli_runs_from_the_repository_root_with_the_demo_pipeline(tmp_path):
     whole pipeline, a GLB. Uses its own demo cache, so the demo pipeline is written by this run."""
     out = tmp_path / "out" / "T.glb"
     out.parent.mkdir()
-    done = _run([sys.executable, "-m", "trellis2_core", "examples/T.png", "--pipeline", "demo", "-o", str(out),
+    done = _run([sys.executable, "-m", "trellis2_core", "assets/T.png", "--pipeline", "demo", "-o", str(out),
                  "-q", "--steps", "2", "--texture-size", "256"], cwd=ROOT,
                 env={"TRELLIS2_CACHE": str(tmp_path / "cache")})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -173,3 +173,11 @@ def test_install_stops_without_torch(monkeypatch):
     monkeypatch.setattr(install.subprocess, "check_call", lambda cmd: pytest.fail("pip must not run"))
     with pytest.raises(SystemExit, match="needs PyTorch"):
         install.pip_install()
+
+
+def test_only_workflows_is_a_comfyui_template_folder():
+    """ComfyUI serves the first of these folders it finds as the pack's workflow templates (one static route per
+    folder, same URL): any other one next to workflows/ hides the templates (404), as examples/ once did."""
+    comfy_template_folders = ("example_workflows", "example", "examples", "workflow", "workflows")
+    present = [name for name in comfy_template_folders if (ROOT / name).is_dir()]
+    assert present == ["workflows"]

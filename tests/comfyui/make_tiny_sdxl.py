@@ -59,7 +59,9 @@ def main(comfy_dir: str, out: str) -> None:
     randomize(model.diffusion_model)
     randomize(clip.cond_stage_model)
     randomize(vae_model)
-    sd = model.state_dict_for_saving(clip.get_sd(), vae_model.state_dict(), None)
+    # keywords: ComfyUI 0.33 made the UNet state dict the first positional parameter
+    sd = model.state_dict_for_saving(unet_state_dict=model.diffusion_model.state_dict(), clip_state_dict=clip.get_sd(),
+                                     vae_state_dict=vae_model.state_dict())
     sd = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
     detected = comfy.model_detection.model_config_from_unet(sd, "model.diffusion_model.")
     if type(detected).__name__ != "SDXL":
