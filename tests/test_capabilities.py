@@ -148,6 +148,8 @@ def test_fa4_fp8_and_graph_facts():
                             (torch.bfloat16, 260, False), (torch.bfloat16, 100, False)):
         assert caps.fa4_runs(H200, dtype, head) is ok, (dtype, head)
     assert not caps.fa4_runs(DEVICES["sm89 (L4)"], torch.bfloat16, 128)
+    assert caps.flash_attn_runs(DEVICES["sm80 (A100)"], torch.bfloat16, 128)  # FlashAttention-2 from sm80
+    assert not caps.flash_attn_runs(T4, torch.float16, 64) and not caps.flash_attn_runs(H200, torch.float32, 64)
     assert [caps.fp8_runs(DEVICES[d]) for d in ("sm86 (RTX 3090)", "sm89 (L4)", "sm90 (H200)", "rocm", "mps", "cpu")
             ] == [False, True, True, False, False, True]
     assert [caps.graphs_run(DEVICES[d]) for d in ("sm75 (T4)", "rocm", "mps", "cpu")] == [True, True, False, False]

@@ -19,7 +19,8 @@ The facts, as PyTorch 2.13 checks them (``aten/src/ATen/native/transformers/cuda
 * bfloat16 arithmetic in Triton/Inductor: NVIDIA sm80+ (ROCm, CPU: yes).
 * Triton, hence ``torch.compile`` (Inductor) on GPUs and the pack's Triton kernels: NVIDIA compute capability
   ≥ 7.0 (Inductor's ``GPUTooOldForTriton``), ROCm with the Triton that its PyTorch ships.
-* FlashAttention-4 (``flash_attn.cute``): NVIDIA sm90+, float16/bfloat16, head size ≤ 256 and a multiple of 8.
+* FlashAttention-4 (``flash_attn.cute``): NVIDIA sm90+, float16/bfloat16, head size ≤ 256 and a multiple of 8;
+  FlashAttention-2 (the ``flash_attn`` package, used for ragged varlen batches): the same from sm80.
 * the fused MLP's cuBLASLt GELU epilogue: NVIDIA CUDA, float16 (any GPU) or bfloat16 (sm80+).
 * fp8 GEMMs (``torch._scaled_mm``, float8 e4m3): NVIDIA sm89+; the Triton fp8 conversions that a compiled
   emulation would need do not exist below sm89 either.
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["DeviceTraits", "DeviceKind", "device_traits", "sdpa_kernels", "sdpa_order", "preferred_sdpa",
-           "triton_runs", "kernel_ops_run", "compile_runs", "graphs_run", "fa4_runs", "triton_attention_runs",
+           "triton_runs", "kernel_ops_run", "compile_runs", "graphs_run", "fa4_runs", "flash_attn_runs",
+           "triton_attention_runs",
            "fused_mlp_runs", "fp8_runs", "bf16_native", "describe", "note_fallback"]
 
 DeviceKind = Literal["cpu", "cuda", "rocm", "mps", "other"]
@@ -213,6 +215,13 @@ def fa4_runs(t: DeviceTraits, dtype: DType, head_dim: int) -> bool:
             and head_dim % 8 == 0 and head_dim <= 256)
 
 
+def flash_attn_runs(t: DeviceTraits, dtype: DType, head_dim: int) -> bool:
+    """Whether the optional ``flash_attn`` package's (FlashAttention-2) varlen kernel can run here, installed or not:
+    NVIDIA sm80+, float16/bfloat16, head size ≤ 256 and a multiple of 8."""
+    return (t.kind == "cuda" and t.capability >= _MIN_BF16 and _dtype_name(dtype) in _HALF
+            and head_dim % 8 == 0 and head_dim <= 256)
+
+
 def fused_mlp_runs(t: DeviceTraits, dtype: DType) -> bool:
     """Whether the cuBLASLt tanh-GELU epilogue runs ``dtype`` GEMMs on ``t`` (NVIDIA, float16, or bfloat16 on
     sm80+); elsewhere the MLP is the reference (unfused) definition."""
@@ -233,6 +242,7 @@ def describe(t: DeviceTraits, dtype: DType, head_dim: int) -> dict[str, object]:
             "triton": triton_runs(t, dtype), "kernel_ops": kernel_ops_run(t, dtype),
             "triton_attention": triton_attention_runs(t, dtype, head_dim), "compile": compile_runs(t, dtype),
             "cuda_graphs": graphs_run(t), "fa4": fa4_runs(t, dtype, head_dim),
+            "flash_attn": flash_attn_runs(t, dtype, head_dim),
             "fused_mlp": fused_mlp_runs(t, dtype), "fp8": fp8_runs(t)}
 
 

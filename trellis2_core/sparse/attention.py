@@ -15,8 +15,8 @@ One API, several backends, all computing ``softmax(q·kᵀ·scale)·v`` per sequ
 * ``naive``      - explicit matmul + softmax in float32 (the test oracle).
 
 ``auto`` uses dense SDPA whenever the sequences have equal length (the usual single-sample case, where the
-fused cuDNN kernel is the fastest exact attention measured on an H100), otherwise ``flash_attn`` when it can run,
-otherwise per-sequence SDPA.
+fused cuDNN kernel is the fastest exact attention measured on an H100), otherwise ``flash_attn`` when it is installed
+and can run (``capabilities.flash_attn_runs``: sm80+, fp16/bf16), otherwise per-sequence SDPA.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _kernels
-from ..capabilities import device_traits, fa4_runs
+from ..capabilities import device_traits, fa4_runs, flash_attn_runs
 from ..errors import BackendError, InputError
 
 __all__ = ["AttentionBackend", "attention", "varlen_attention", "flash_attn_available", "fa4_available"]
@@ -183,8 +183,8 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, q_seqlens: Sequence[int], 
         return q.new_zeros(q.shape[0], q.shape[1], v.shape[2])
 
     use_flash = backend == "flash_attn" or (
-        backend == "auto" and flash_attn_available() and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-        and not (len(set(q_seqlens)) == 1 and len(set(k_seqlens)) == 1))
+        backend == "auto" and q.is_cuda and not (len(set(q_seqlens)) == 1 and len(set(k_seqlens)) == 1)
+        and flash_attn_runs(device_traits(q.device), q.dtype, q.shape[-1]) and flash_attn_available())
     if use_flash:
         from flash_attn import flash_attn_varlen_func
         dev = q.device
