@@ -347,7 +347,8 @@ def test_with_attention_checks_flash_attention_4_up_front(monkeypatch):
     attention_module = importlib.import_module("trellis2_core.sparse.attention")
     base = FastPathConfig.fast()
     assert base.with_attention("auto") is base and base.with_attention(None) is base
-    assert base.with_attention("flash") == dataclasses.replace(base, attention_kernel="flash", attention_explicit=True)
+    assert base.with_attention("flash") == dataclasses.replace(base, attention_kernel="flash")
+    assert base.with_attention("flash").attention_explicit  # the user's choice: its fallbacks are warnings
     assert not base.attention_explicit  # the preset's own choice: its fallbacks are logged at info level
     with pytest.raises(ValueError, match="attention_kernel"):
         base.with_attention("fa3")

@@ -101,7 +101,8 @@ class FastPathConfig:
             in ``benchmarks/bench_pipeline.py`` mode ``fast+fp8_linear``). Cross-attention K/V, embedders, adaLN and
             the input/output layers stay in their own precision (``trellis2_core/models/fp8.py``).
         attention_explicit: ``attention_kernel`` was asked for by the user (:meth:`with_attention`), not a preset's
-            preference: when it cannot run, the fallback is logged as a warning instead of at info level.
+            preference: when it cannot run, the fallback is logged as a warning instead of at info level. Not part
+            of equality (it changes no result).
     """
 
     cache_cross_kv: bool = False
@@ -116,7 +117,7 @@ class FastPathConfig:
     fused_norm_modulate: bool = False
     fused_min_rows: int = 16384
     fp8_linear: bool = False
-    attention_explicit: bool = False
+    attention_explicit: bool = dataclasses.field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.attention_kernel not in ATTENTION_KERNELS:
@@ -202,8 +203,8 @@ class FastPathConfig:
         """The kernel choices handed to every DiT block forward of a model call on ``rows`` token rows, for blocks
         running ``dtype`` with heads of ``head_dim`` on ``device``: each switch where its kernel exists there
         (:mod:`trellis2_core.capabilities`), the plain op otherwise."""
-        kernels, notes = _block_kernels(self, rows >= self.fused_min_rows, _traits(device), _name(dtype),
-                                        int(head_dim))
+        kernels, notes = _block_kernels(self, self.attention_explicit, rows >= self.fused_min_rows, _traits(device),
+                                        _name(dtype), int(head_dim))
         for explicit, message in notes:
             caps.note_fallback(explicit, message)
         return kernels
@@ -259,9 +260,10 @@ def _name(dtype: "torch.dtype | str") -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _block_kernels(fast: FastPathConfig, big: bool, t: DeviceTraits, dtype: str, head_dim: int
+def _block_kernels(fast: FastPathConfig, explicit: bool, big: bool, t: DeviceTraits, dtype: str, head_dim: int
                    ) -> tuple[BlockKernels, tuple[tuple[bool, str], ...]]:
-    """:meth:`FastPathConfig.block_kernels` as a pure function: the choices and the fallback notes to log."""
+    """:meth:`FastPathConfig.block_kernels` as a pure function: the choices and the fallback notes to log
+    (``explicit``: ``fast.attention_explicit``, a key of its own since it is not part of the config's equality)."""
     notes: list[tuple[bool, str]] = []
     where = f"{dtype} attention with head size {head_dim} on {t.label()}"
     kernel = fast.attention_kernel
@@ -271,18 +273,18 @@ def _block_kernels(fast: FastPathConfig, big: bool, t: DeviceTraits, dtype: str,
     if attention == "fa4" and not caps.fa4_runs(t, dtype, head_dim):
         attention = "auto"
         if t.gpu:  # off GPU FA4 never runs: documented, nothing to say
-            notes.append((fast.attention_explicit, f"FlashAttention-4 does not run {where} (it needs sm90+, "
+            notes.append((explicit, f"FlashAttention-4 does not run {where} (it needs sm90+, "
                                                    "float16/bfloat16, head size ≤ 256 and a multiple of 8); "
                                                    "using SDPA"))
     if attention == "triton" and not caps.triton_attention_runs(t, dtype, head_dim):
         attention = "auto"
-        notes.append((fast.attention_explicit, f"the Triton attention kernel does not run {where} (it needs Triton "
+        notes.append((explicit, f"the Triton attention kernel does not run {where} (it needs Triton "
                                                "for this dtype and a power-of-two head size 16-256); using SDPA"))
     wanted = caps.preferred_sdpa(kernel) if attention == "auto" else ()
     if wanted and t.kind == "cuda":
         exists = caps.sdpa_kernels(t, dtype, head_dim)
         if not any(name in exists for name in wanted):
-            notes.append((fast.attention_explicit,
+            notes.append((explicit,
                           f"SDPA has no {' or '.join(wanted)} kernel for {where}; PyTorch uses "
                           f"{next(name for name in ('efficient', 'math') if name in exists)} attention instead"))
     ops = caps.kernel_ops_run(t, dtype)
