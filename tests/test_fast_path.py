@@ -3,6 +3,10 @@
 Every switch must give the same final latents as the plain path on the same noise (cosine ≥ 0.999, and in float32
 agreement to rounding). The tiny golden models are used (float32); CUDA-only switches (compile, CUDA graphs, the
 SDPA kernel choice) must be exact no-ops on the CPU, and the compiled block is checked with dynamo's eager backend.
+
+The switch matrix samples 2 steps per stage (CI time): the structure stage's first step is guided and CFG-rescaled,
+its second is plain (guidance interval [0.9, 1] on the warped times 1 and 0.83); the shape stage is guided at both
+steps; the texture stage is unguided. Every fast-path code path runs, and a wrong one moves the final latents.
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from trellis2_core.capabilities import DeviceTraits
 from trellis2_core.config import FastPathConfig
+from trellis2_core.errors import InputError
 from trellis2_core.loading.config import Normalization
 from trellis2_core.loading import load_model
 from trellis2_core.models.blocks import CrossContext
@@ -25,9 +31,11 @@ from trellis2_core.sparse import SparseTensor
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 PIPELINE = GOLDEN / "tiny-pipeline"
-SS = SamplerParams(12, 7.5, 0.7, (0.6, 1.0), 5.0)
-SHAPE = SamplerParams(12, 7.5, 0.5, (0.6, 1.0), 3.0)
-TEX = SamplerParams(12, 1.0, 0.0, (0.6, 0.9), 3.0)
+SS = SamplerParams(2, 7.5, 0.7, (0.9, 1.0), 5.0)  # step 1 (t = 1) guided + rescaled, step 2 (t = 0.83) plain
+SHAPE = SamplerParams(2, 7.5, 0.5, (0.6, 1.0), 3.0)  # both steps guided (t = 1, 0.75)
+TEX = SamplerParams(2, 1.0, 0.0, (0.6, 0.9), 3.0)  # unguided
+SS_OFFICIAL = SamplerParams(12, 7.5, 0.7, (0.6, 1.0), 5.0)  # pipeline.json's structure sampler (§1.4)
+H200 = DeviceTraits("cuda", (9, 0), triton=True, cudnn=True, name="simulated H200")
 NORM = Normalization((0.1,) * 32, (2.0,) * 32)
 
 SWITCHES = {
@@ -128,15 +136,23 @@ def test_prepare_context_kinds_and_pairing():
     assert both.n_live == 2 and both.kv[0][0].shape[0] == 2
 
 
+def _toy_velocity(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, **_: object) -> torch.Tensor:
+    """A cheap stand-in model whose output depends on each batch element's time and condition (so a swapped or
+    mis-paired CFG branch changes the result)."""
+    per_sample = (cond.mean(dim=(1, 2)) + 0.3 * cond[:, 0, 0]) * t / 1000
+    return 0.5 * x + per_sample.view(-1, *([1] * (x.dim() - 1)))
+
+
 def test_batched_cfg_records_the_official_call_sequence():
-    model = _model("sparse_structure_flow_model")
+    """Batched CFG makes the official call sequence over the full 12-step structure sampler (sampler logic only: a
+    stand-in model; the real models' latents are compared in the switch matrix)."""
     noise = torch.randn(1, 8, 16, 16, 16, generator=torch.Generator().manual_seed(5))
     cond = _cond()
-    with torch.no_grad():
-        ref = sample_flow_euler(model, noise, cond, torch.zeros_like(cond), SS, record_calls=True)
-        out = sample_flow_euler(model, noise, cond, torch.zeros_like(cond), SS, record_calls=True,
-                                fast=FastPathConfig(batch_cfg=True))
+    ref = sample_flow_euler(_toy_velocity, noise, cond, torch.zeros_like(cond), SS_OFFICIAL, record_calls=True)
+    out = sample_flow_euler(_toy_velocity, noise, cond, torch.zeros_like(cond), SS_OFFICIAL, record_calls=True,
+                            fast=FastPathConfig(batch_cfg=True))
     assert out.calls == ref.calls and len(ref.calls) == 22  # §1.4: 10 CFG steps + 2 plain
+    assert [c.branch for c in ref.calls[:4]] == [1, 0, 1, 0] and [c.branch for c in ref.calls[-2:]] == [1, 1]
     _check(ref.samples, out.samples, "SS sampler with batch_cfg")
 
 
@@ -160,8 +176,8 @@ def test_dense_view_only_for_equal_voxel_sets():
 def test_cuda_only_switches_are_off_on_cpu(monkeypatch):
     cpu = torch.device("cpu")
     fast = FastPathConfig.fast()
-    assert not fast.compile_on(cpu) and not dataclasses.replace(fast, cuda_graphs=True).graphs_on(cpu)
-    assert fast.compile_on(torch.device("cuda"))
+    assert not fast.compile_on(cpu, torch.float32) and not dataclasses.replace(fast, cuda_graphs=True).graphs_on(cpu)
+    assert fast.compile_on(H200, torch.bfloat16) and dataclasses.replace(fast, cuda_graphs=True).graphs_on(H200)
     with fast.attention_context(cpu):
         pass
 
@@ -176,14 +192,14 @@ def test_cuda_only_switches_are_off_on_cpu(monkeypatch):
 
 
 def test_unknown_attention_kernel_is_rejected():
-    with pytest.raises(ValueError, match="attention_kernel"):
+    with pytest.raises(InputError, match="attention_kernel"):
         FastPathConfig(attention_kernel="fa3")
 
 
 class _CompileEverywhere(FastPathConfig):
     """Test double: compile on any device (the library compiles on CUDA only)."""
 
-    def compile_on(self, device: torch.device) -> bool:
+    def compile_on(self, device: object, dtype: object) -> bool:
         return self.compile_blocks
 
 
@@ -233,13 +249,17 @@ def test_fused_elementwise_kernels_only_for_large_calls():
     """The fused q/k norm + RoPE and norm + modulation ops cost host time per call: small (launch-bound) model calls
     keep the compiled plain ops, large ones use the kernels; the other choices do not depend on the size."""
     fast = dataclasses.replace(FastPathConfig.fast(), attention_kernel="cudnn")
-    small, large = fast.block_kernels(fast.fused_min_rows - 1), fast.block_kernels(fast.fused_min_rows)
+
+    def kernels(config: FastPathConfig, rows: int):
+        return config.block_kernels(rows, H200, torch.bfloat16, 128)
+
+    small, large = kernels(fast, fast.fused_min_rows - 1), kernels(fast, fast.fused_min_rows)
     assert not small.fused_qk and not small.fused_norm and small.fused_mlp
     assert large.fused_qk and large.fused_norm and large.fused_mlp and large.attention == small.attention == "auto"
-    assert not FastPathConfig().block_kernels(10 ** 6).fused_qk
+    assert not kernels(FastPathConfig(), 10 ** 6).fused_qk
     fa4 = dataclasses.replace(fast, attention_kernel="fa4")  # FA4's host cost per call: long sequences only
-    assert fa4.block_kernels(fast.fused_min_rows - 1).attention == "auto"
-    assert fa4.block_kernels(fast.fused_min_rows).attention == "fa4"
+    assert kernels(fa4, fast.fused_min_rows - 1).attention == "auto"
+    assert kernels(fa4, fast.fused_min_rows).attention == "fa4"
 
 
 @pytest.mark.parametrize("installed, kernel", [(True, "fa4"), (False, "cudnn")])
@@ -328,6 +348,8 @@ def test_with_attention_checks_flash_attention_4_up_front(monkeypatch):
     base = FastPathConfig.fast()
     assert base.with_attention("auto") is base and base.with_attention(None) is base
     assert base.with_attention("flash") == dataclasses.replace(base, attention_kernel="flash")
+    assert base.with_attention("flash").attention_explicit  # the user's choice: its fallbacks are warnings
+    assert not base.attention_explicit  # the preset's own choice: its fallbacks are logged at info level
     with pytest.raises(ValueError, match="attention_kernel"):
         base.with_attention("fa3")
     monkeypatch.setattr(attention_module, "fa4_available", lambda: False)

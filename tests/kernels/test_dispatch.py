@@ -7,6 +7,7 @@ import torch
 from trellis2_core._kernels import load
 
 load()
+import trellis2_kernels.dispatch as dispatch  # noqa: E402
 from trellis2_kernels.dispatch import KernelPolicy, choose  # noqa: E402
 
 
@@ -17,10 +18,21 @@ def test_cpu_uses_the_reference_by_default(monkeypatch):
 
 def test_cuda_uses_triton_unless_forced_to_reference(monkeypatch):
     pytest.importorskip("triton")
+    monkeypatch.setattr(dispatch, "_gpu_too_old", lambda index: False)  # a GPU Triton supports (simulated)
     monkeypatch.delenv("TRELLIS2_KERNELS", raising=False)
     assert choose("submconv", torch.device("cuda")) == "triton"
     monkeypatch.setenv("TRELLIS2_KERNELS", "reference")
     assert choose("submconv", torch.device("cuda")) == "reference"
+
+
+def test_gpus_triton_cannot_compile_for_use_the_reference(monkeypatch):
+    """A GPU below compute capability 7.0 (simulated): the reference by default, a clear error when forced."""
+    pytest.importorskip("triton")
+    monkeypatch.setattr(dispatch, "_gpu_too_old", lambda index: True)
+    monkeypatch.delenv("TRELLIS2_KERNELS", raising=False)
+    assert choose("submconv", torch.device("cuda")) == "reference"
+    with pytest.raises(RuntimeError, match="compute capability 7.0"):
+        choose("submconv", torch.device("cuda"), KernelPolicy(mode="triton"))
 
 
 def test_forcing_triton_on_cpu_needs_the_interpreter(monkeypatch):

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from trellis2_core.errors import BackendError
 from trellis2_core.sparse import attention, varlen_attention
 
 attention_module = importlib.import_module("trellis2_core.sparse.attention")  # the package re-exports the function
@@ -82,7 +83,7 @@ def test_fa4_missing_package_says_what_to_do(monkeypatch):
     monkeypatch.setattr(attention_module, "_fa4_runs_on", lambda q: True)
     monkeypatch.setitem(sys.modules, "flash_attn.cute", None)  # makes the import fail
     q = torch.randn(1, 4, 2, 8)
-    with pytest.raises(RuntimeError, match=r"flash-attn-4.*attention_kernel='cudnn'"):
+    with pytest.raises(BackendError, match=r"flash-attn-4.*attention_kernel='cudnn'"):
         attention(q, q, q, backend="fa4")
 
 

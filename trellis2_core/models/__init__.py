@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 
+from ..errors import InputError
+
 __all__ = ["MODEL_CLASSES", "model_class"]
 
 # official class name -> (module in this package, class name)
@@ -25,7 +27,7 @@ def model_class(name: str) -> type:
     try:
         module_name, attr = MODEL_CLASSES[name]
     except KeyError:
-        raise ValueError(
+        raise InputError(
             f"unknown model class {name!r} in checkpoint config; supported: {', '.join(sorted(MODEL_CLASSES))}"
         ) from None
     module = importlib.import_module(f"{__name__}.{module_name}")

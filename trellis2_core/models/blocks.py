@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import BlockKernels, FastPathConfig
+from ..errors import InputError
 from ..sparse.attention import AttentionBackend, attention, varlen_attention
 from ..sparse.layers import LayerNorm32
 from ..sparse.rope import RopeTable, apply_rope
@@ -132,7 +133,7 @@ class SelfAttention(nn.Module):
     def __init__(self, channels: int, num_heads: int, qk_rms_norm: bool = False) -> None:
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"channels {channels} is not divisible by num_heads {num_heads}")
+            raise InputError(f"channels {channels} is not divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim = num_heads, channels // num_heads
         self.to_qkv = nn.Linear(channels, 3 * channels)
         self.qk_rms_norm = qk_rms_norm
@@ -174,7 +175,7 @@ class CrossAttention(nn.Module):
     def __init__(self, channels: int, ctx_channels: int, num_heads: int, qk_rms_norm: bool = False) -> None:
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"channels {channels} is not divisible by num_heads {num_heads}")
+            raise InputError(f"channels {channels} is not divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim = num_heads, channels // num_heads
         self.to_q = nn.Linear(channels, channels)
         self.to_kv = nn.Linear(ctx_channels, 2 * channels)
@@ -207,7 +208,7 @@ class CrossAttention(nn.Module):
         k, v = kv if kv is not None else self.project_kv(context)
         if isinstance(x, SparseTensor):
             if k.shape[0] != x.batch_size:
-                raise ValueError(f"context has batch {k.shape[0]} but the sparse input has {x.batch_size} samples")
+                raise InputError(f"context has batch {k.shape[0]} but the sparse input has {x.batch_size} samples")
             m = k.shape[1]
             h = varlen_attention(q, k.flatten(0, 1), v.flatten(0, 1), x.seqlens, [m] * k.shape[0], backend=backend)
         else:
@@ -283,7 +284,7 @@ class ModulatedTransformerCrossBlock(nn.Module):
         if live == 0:
             return _like(x, _feats(x) + const)
         if isinstance(x, SparseTensor):
-            raise ValueError("a batch mixing real and zero contexts needs dense tokens")
+            raise InputError("a batch mixing real and zero contexts needs dense tokens")
         ctx = context[:live] if context is not None else None
         y = gate_residual(x[:live], self.cross_attn(self.norm2(x[:live]), ctx, kv, backend))
         return torch.cat([y, x[live:] + const])
@@ -297,7 +298,7 @@ def trunk_dtype_from_args(dtype: str | None, use_fp16: bool) -> torch.dtype:
     if dtype is None:
         return torch.float16 if use_fp16 else torch.float32
     if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r} in model args; use one of {', '.join(_DTYPES)}")
+        raise InputError(f"unknown dtype {dtype!r} in model args; use one of {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 
 
@@ -323,19 +324,19 @@ class FlowDiT(nn.Module):
         super().__init__()
         name = type(self).__name__
         if unknown:
-            raise ValueError(f"{name}: unknown model args {sorted(unknown)}; is this checkpoint config for another "
+            raise InputError(f"{name}: unknown model args {sorted(unknown)}; is this checkpoint config for another "
                              "model class?")
         if pe_mode != "rope":
-            raise ValueError(f"{name}: pe_mode={pe_mode!r} is not supported (released TRELLIS.2 DiTs use 'rope')")
+            raise InputError(f"{name}: pe_mode={pe_mode!r} is not supported (released TRELLIS.2 DiTs use 'rope')")
         if not share_mod:
-            raise ValueError(f"{name}: share_mod=False is not supported (released TRELLIS.2 DiTs share adaLN)")
+            raise InputError(f"{name}: share_mod=False is not supported (released TRELLIS.2 DiTs share adaLN)")
         del use_checkpoint, initialization  # training-only
         self.resolution = resolution
         self.in_channels, self.out_channels = in_channels, out_channels
         self.model_channels, self.cond_channels = model_channels, cond_channels
         self.num_heads = num_heads or model_channels // num_head_channels
         if model_channels % self.num_heads:
-            raise ValueError(f"{name}: model_channels {model_channels} not divisible by {self.num_heads} heads")
+            raise InputError(f"{name}: model_channels {model_channels} not divisible by {self.num_heads} heads")
         self.head_dim = model_channels // self.num_heads
         self.rope_freq = (float(rope_freq[0]), float(rope_freq[1]))
         self._dtype = trunk_dtype_from_args(dtype, use_fp16)
@@ -378,13 +379,15 @@ class FlowDiT(nn.Module):
 
     def _check_cond(self, cond: Tensor) -> None:
         if cond.dim() != 3 or cond.shape[-1] != self.cond_channels:
-            raise ValueError(f"{type(self).__name__}: cond must be [B, M, {self.cond_channels}], "
+            raise InputError(f"{type(self).__name__}: cond must be [B, M, {self.cond_channels}], "
                              f"got {list(cond.shape)}")
 
     def run_trunk(self, h: Tokens, t: Tensor, cond: Tensor | CrossContext, rope: RopeTable | None,
                   fast: FastPathConfig | None = None) -> Tokens:
         """Embedded tokens → all blocks → final non-affine LayerNorm (eps 1e-5) → output layer (§4.2). ``cond``
-        may be a :class:`CrossContext`; ``fast.compile_blocks`` compiles the block on CUDA for dense tokens."""
+        may be a :class:`CrossContext`; ``fast.compile_blocks`` compiles the block for dense tokens where Triton
+        runs for the trunk dtype, and ``fast``'s kernels are those that exist for the device, dtype and head size
+        (:meth:`FastPathConfig.compile_on`, :meth:`FastPathConfig.block_kernels`)."""
         kvs, consts, n_live, tokens = (None,) * len(self.blocks), (None,) * len(self.blocks), None, cond
         if isinstance(cond, CrossContext):
             tokens = cond.tokens
@@ -398,10 +401,11 @@ class FlowDiT(nn.Module):
         h = _like(h, _feats(h).to(dt))
         tokens = tokens.to(dt)
         step = nn.Module.__call__
-        if fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(h.device):
+        device = _feats(h).device
+        if fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(device, dt):
             step = self._compiled_step()
         rows = _feats(h).shape[:-1].numel()  # batch × tokens (dense) or packed tokens (sparse)
-        kernels = fast.block_kernels(rows) if fast is not None else BlockKernels()
+        kernels = fast.block_kernels(rows, device, dt, self.head_dim) if fast is not None else BlockKernels()
         for block, kv, const in zip(self.blocks, kvs, consts):
             with weights_on_device(block):  # streamed in under the 'low' VRAM preset
                 h = step(block, h, mod, tokens, rope, kv, const, n_live, kernels)
@@ -424,7 +428,7 @@ class FlowDiT(nn.Module):
 
     def _check_batch(self, t: Tensor, cond: Tensor, batch: int) -> None:
         if t.dim() != 1 or t.shape[0] != batch or cond.shape[0] != batch:
-            raise ValueError(f"{type(self).__name__}: input has batch {batch} but t is {list(t.shape)} and cond is "
+            raise InputError(f"{type(self).__name__}: input has batch {batch} but t is {list(t.shape)} and cond is "
                              f"{list(cond.shape)}; pass t [B] and cond [B, M, C]")
 
 

@@ -19,7 +19,9 @@ from typing import Iterator
 from torch import Tensor, nn
 
 from .._kernels import kernels  # noqa: F401  (registers trellis2_kernels)
+from ..capabilities import device_traits, fp8_runs, note_fallback
 from .blocks import ModulatedTransformerCrossBlock
+from .streaming import execution_device
 
 from trellis2_kernels.fp8_linear import fp8_linear  # noqa: E402
 
@@ -45,9 +47,19 @@ def fp8_block_linears(model: nn.Module, enabled: bool = True) -> Iterator[int]:
 
     Yields the number of linears switched (0 when ``enabled`` is False or ``model`` has no DiT block). Linears that
     are not plain ``nn.Linear`` (already switched by an enclosing call, or replaced by someone else) are left alone,
-    and only the ones switched here are switched back, also when the body raises.
+    and only the ones switched here are switched back, also when the body raises. Nothing is switched (a logged
+    warning) where fp8 GEMMs do not exist: GPUs other than NVIDIA compute capability ≥ 8.9
+    (:func:`trellis2_core.capabilities.fp8_runs`), where the emulation is slower than the plain linears and, compiled,
+    needs fp8 conversions Triton does not have.
     """
     switched: list[nn.Linear] = []
+    if enabled:
+        traits = device_traits(execution_device(model))
+        if not fp8_runs(traits):
+            note_fallback(True, f"fp8_linear is ignored on {traits.label()}: fp8 GEMMs need an NVIDIA GPU of compute "
+                                "capability 8.9 or newer (Ada, Hopper, Blackwell); the block linears stay in their "
+                                "own precision")
+            enabled = False
     try:
         if enabled:
             for block in model.modules():

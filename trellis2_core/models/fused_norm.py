@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import _kernels
+from ..errors import InputError
 
 __all__ = ["layer_norm_modulate"]
 
@@ -32,6 +33,6 @@ def _(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
 def layer_norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
     """``LN(x)·(1 + scale) + shift`` for dense tokens ``x [B, N, C]`` and per-sample ``shift``/``scale`` ``[B, C]``."""
     if x.dim() != 3 or shift.shape != (x.shape[0], x.shape[2]) or scale.shape != shift.shape:
-        raise ValueError(f"layer_norm_modulate: x {list(x.shape)} needs shift/scale [B, C]; got {list(shift.shape)}, "
+        raise InputError(f"layer_norm_modulate: x {list(x.shape)} needs shift/scale [B, C]; got {list(shift.shape)}, "
                          f"{list(scale.shape)}")
     return _layer_norm_modulate(x, shift, scale, float(eps))

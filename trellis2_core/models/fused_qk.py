@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _kernels
+from ..errors import InputError
 
 __all__ = ["qk_norm_rope"]
 
@@ -38,7 +39,7 @@ def qk_norm_rope(q: Tensor, k: Tensor, gamma_q: Tensor, gamma_k: Tensor, cos: Te
     """``rope(rms_norm(q))``, ``rope(rms_norm(k))`` for ``q``, ``k`` ``[B, N, H, D]`` or ``[N, H, D]`` (packed
     sparse tokens), ``gamma_* [H, D]``, ``cos``/``sin`` ``[N, D/2]``; contiguous outputs in the input dtype."""
     if q.shape != k.shape or q.dim() not in (3, 4):
-        raise ValueError(f"qk_norm_rope: q and k must both be [B, N, H, D] or [N, H, D]; got {list(q.shape)} and "
+        raise InputError(f"qk_norm_rope: q and k must both be [B, N, H, D] or [N, H, D]; got {list(q.shape)} and "
                          f"{list(k.shape)}")
     if q.dim() == 3:
         qo, ko = _qk_norm_rope(q[None], k[None], gamma_q, gamma_k, cos, sin, float(scale))

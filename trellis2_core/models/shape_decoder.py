@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from ..mesh.mesher import flexible_dual_grid_to_mesh
 from ..mesh.types import Mesh
 from ..sparse import SparseTensor
@@ -43,7 +44,7 @@ class ShapeDecoding(NamedTuple):
 def dual_grid_from_raw(raw: Tensor, voxel_margin: float = 0.5) -> DualGrid:
     """``raw [M, 7]`` → offsets ``(1+2m)·sigmoid(o) − m``, flags ``o > 0``, split weights ``softplus(o)`` (§13 item 16)."""
     if raw.dim() != 2 or raw.shape[1] != _OUT_CHANNELS:
-        raise ValueError(f"raw shape-decoder output must be [M, 7], got {list(raw.shape)}")
+        raise InputError(f"raw shape-decoder output must be [M, 7], got {list(raw.shape)}")
     offsets = (1 + 2 * voxel_margin) * torch.sigmoid(raw[:, 0:3]) - voxel_margin
     return DualGrid(offsets, raw[:, 3:6] > 0, F.softplus(raw[:, 6:7]))
 
@@ -60,9 +61,9 @@ class FlexiDualGridVaeDecoder(SparseUnetVaeDecoder):
                  block_args: Sequence[dict] | None = None, use_fp16: bool = False, voxel_margin: float = 0.5,
                  pred_subdiv: bool = True, use_checkpoint: bool = False, **unknown: Any) -> None:
         if unknown:
-            raise ValueError(f"FlexiDualGridVaeDecoder got unknown args: {', '.join(sorted(unknown))}")
+            raise InputError(f"FlexiDualGridVaeDecoder got unknown args: {', '.join(sorted(unknown))}")
         if not pred_subdiv:
-            raise ValueError("FlexiDualGridVaeDecoder must predict its subdivisions (pred_subdiv=true)")
+            raise InputError("FlexiDualGridVaeDecoder must predict its subdivisions (pred_subdiv=true)")
         super().__init__(out_channels=_OUT_CHANNELS, model_channels=model_channels, latent_channels=latent_channels,
                          num_blocks=num_blocks, block_type=block_type, up_block_type=up_block_type,
                          block_args=block_args, use_fp16=use_fp16, pred_subdiv=True, use_checkpoint=use_checkpoint)
@@ -72,7 +73,7 @@ class FlexiDualGridVaeDecoder(SparseUnetVaeDecoder):
     def decode(self, latent: SparseTensor, resolution: int) -> ShapeDecoding:
         """Decode a (denormalised) shape latent into meshes at grid ``resolution`` (§1.1 stage 5)."""
         if not isinstance(resolution, int) or resolution <= 0:
-            raise ValueError(f"decode needs a positive int grid resolution, got {resolution!r}")
+            raise InputError(f"decode needs a positive int grid resolution, got {resolution!r}")
         raw, subs = self.forward_with_subs(latent)
         return ShapeDecoding(self.meshes_from_raw(raw, resolution), subs, raw)
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..config import FastPathConfig
+from ..errors import InputError
 from ..sparse.rope import RopeTable, sparse_rope
 from ..sparse.tensor import SparseTensor
 from .blocks import CrossContext, FlowDiT
@@ -31,14 +32,14 @@ class SLatFlowModel(FlowDiT):
         a prepared :class:`CrossContext`; ``fast`` selects fast-path switches (``config.py``).
         """
         if not isinstance(x, SparseTensor):
-            raise ValueError(f"SLatFlowModel expects a SparseTensor, got {type(x).__name__}")
+            raise InputError(f"SLatFlowModel expects a SparseTensor, got {type(x).__name__}")
         feats = x.feats  # [N, C]
         if concat_cond is not None:
             if concat_cond.coords is not x.coords and not torch.equal(concat_cond.coords, x.coords):
-                raise ValueError("concat_cond must be on the same voxels (same coords, same row order) as x")
+                raise InputError("concat_cond must be on the same voxels (same coords, same row order) as x")
             feats = torch.cat([feats, concat_cond.feats.to(feats.dtype)], dim=-1)  # §4.5: x first
         if feats.dim() != 2 or feats.shape[1] != self.in_channels:
-            raise ValueError(f"SLatFlowModel expects {self.in_channels} input channels (x + concat_cond), got "
+            raise InputError(f"SLatFlowModel expects {self.in_channels} input channels (x + concat_cond), got "
                              f"{list(feats.shape)}")
         self._check_batch(t, cond, x.batch_size)
         h = x.replace(self.input_layer(feats.to(self.input_layer.weight.dtype)))

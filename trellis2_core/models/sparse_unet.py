@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..sparse import LayerNorm32, SparseLinear, SparseTensor, SubMConv3d, silu
 from ..sparse.layers import rowwise_in_chunks
 from ..sparse.resample import Subdivision, expand_children, subdivide
@@ -47,12 +48,12 @@ def _subdivision_mask(logits: SparseTensor | Tensor, x: SparseTensor) -> Tensor:
     """``logits > 0`` as a bool ``[N, 8]`` mask, checking that the logits belong to ``x``'s rows (§13 item 13)."""
     feats = logits.feats if isinstance(logits, SparseTensor) else logits
     if feats.shape != (x.num_voxels, 8):
-        raise ValueError(
+        raise InputError(
             f"subdivision logits must be [{x.num_voxels}, 8] (one row per voxel of the up-block input), got "
             f"{list(feats.shape)}; guide subs must come from the shape decoder run on the same coordinates"
         )
     if isinstance(logits, SparseTensor) and logits.coords is not x.coords and not torch.equal(logits.coords, x.coords):
-        raise ValueError("subdivision logits are on other voxels (or in another row order) than the up-block input; "
+        raise InputError("subdivision logits are on other voxels (or in another row order) than the up-block input; "
                          "guide subs must come from the shape decoder run on the same latent coordinates")
     return feats > 0
 
@@ -67,7 +68,7 @@ class SparseResBlockC2S3d(nn.Module):
     def __init__(self, channels: int, out_channels: int, pred_subdiv: bool, dtype: torch.dtype) -> None:
         super().__init__()
         if channels % 8 or out_channels % (channels // 8):
-            raise ValueError(f"C2S up-block {channels}→{out_channels}: channels must be a multiple of 8 and "
+            raise InputError(f"C2S up-block {channels}→{out_channels}: channels must be a multiple of 8 and "
                              f"out_channels a multiple of channels/8")
         self.channels = channels
         self.out_channels = out_channels
@@ -87,7 +88,7 @@ class SparseResBlockC2S3d(nn.Module):
             logits = self.to_subdiv(x)  # §13 item 15: on the block input, before norm1; [N, 8]
             subdiv = logits
         if subdiv is None:
-            raise ValueError("this decoder does not predict subdivisions (pred_subdiv=false): pass the shape "
+            raise InputError("this decoder does not predict subdivisions (pred_subdiv=false): pass the shape "
                              "decoder's subdivision logits as guide_subs")
         return subdivide(x, _subdivision_mask(subdiv, x)), logits
 
@@ -108,17 +109,17 @@ def _check_block_config(model_channels: Sequence[int], num_blocks: Sequence[int]
                         up_block_type: Sequence[str], block_args: Sequence[dict] | None) -> None:
     levels = len(model_channels)
     if levels < 1 or len(num_blocks) != levels or len(block_type) != levels or len(up_block_type) != levels - 1:
-        raise ValueError(
+        raise InputError(
             f"SparseUnetVaeDecoder config mismatch: {levels} model_channels, {len(num_blocks)} num_blocks, "
             f"{len(block_type)} block_type, {len(up_block_type)} up_block_type (need L, L, L, L-1)"
         )
     bad = sorted({t for t in block_type if t != _BLOCK} | {t for t in up_block_type if t != _UP_BLOCK})
     if bad:
-        raise ValueError(f"unsupported decoder block types {bad}; the released decoders use {_BLOCK} and {_UP_BLOCK}")
+        raise InputError(f"unsupported decoder block types {bad}; the released decoders use {_BLOCK} and {_UP_BLOCK}")
     for args in block_args or []:
         extra = set(args) - {"use_checkpoint"}
         if extra:
-            raise ValueError(f"unsupported block_args {sorted(extra)} (only the training-only use_checkpoint)")
+            raise InputError(f"unsupported block_args {sorted(extra)} (only the training-only use_checkpoint)")
 
 
 class SparseUnetVaeDecoder(nn.Module):
@@ -135,7 +136,7 @@ class SparseUnetVaeDecoder(nn.Module):
                  use_checkpoint: bool = False, **unknown: Any) -> None:
         super().__init__()
         if unknown:
-            raise ValueError(f"{type(self).__name__} got unknown args: {', '.join(sorted(unknown))}")
+            raise InputError(f"{type(self).__name__} got unknown args: {', '.join(sorted(unknown))}")
         _check_block_config(model_channels, num_blocks, block_type, up_block_type, block_args)
         del use_checkpoint  # training-only
         self.out_channels = out_channels
@@ -159,9 +160,9 @@ class SparseUnetVaeDecoder(nn.Module):
 
     def _check_latent(self, x: SparseTensor) -> None:
         if not isinstance(x, SparseTensor):
-            raise ValueError(f"{type(self).__name__} expects a SparseTensor latent, got {type(x).__name__}")
+            raise InputError(f"{type(self).__name__} expects a SparseTensor latent, got {type(x).__name__}")
         if x.feats.dim() != 2 or x.feats.shape[1] != self.latent_channels:
-            raise ValueError(f"{type(self).__name__} expects latent feats [N, {self.latent_channels}], got "
+            raise InputError(f"{type(self).__name__} expects latent feats [N, {self.latent_channels}], got "
                              f"{list(x.feats.shape)}")
 
     def _embed(self, x: SparseTensor) -> SparseTensor:
@@ -172,7 +173,7 @@ class SparseUnetVaeDecoder(nn.Module):
         if guide_subs is None:
             return None
         if len(guide_subs) != self.num_up_blocks:
-            raise ValueError(f"guide_subs must hold {self.num_up_blocks} subdivision tensors, got {len(guide_subs)}")
+            raise InputError(f"guide_subs must hold {self.num_up_blocks} subdivision tensors, got {len(guide_subs)}")
         return guide_subs[i]
 
     def forward_with_subs(self, x: SparseTensor, guide_subs: Sequence[SparseTensor | Tensor] | None = None
@@ -215,9 +216,9 @@ class SparseUnetVaeDecoder(nn.Module):
         """
         self._check_latent(x)
         if not 0 <= upsample_times <= self.num_up_blocks:
-            raise ValueError(f"upsample_times must be in 0..{self.num_up_blocks}, got {upsample_times}")
+            raise InputError(f"upsample_times must be in 0..{self.num_up_blocks}, got {upsample_times}")
         if not self.pred_subdiv:
-            raise ValueError("upsample needs a decoder that predicts its subdivisions (pred_subdiv=true)")
+            raise InputError("upsample needs a decoder that predicts its subdivisions (pred_subdiv=true)")
         if upsample_times == 0:
             return x.coords
         h = self._embed(x)

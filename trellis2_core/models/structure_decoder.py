@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 __all__ = ["SparseStructureDecoder", "occupancy_to_coords", "pixel_shuffle_3d"]
 
 
@@ -82,12 +84,12 @@ class SparseStructureDecoder(nn.Module):
                  use_checkpoint: bool = False, **unknown: Any) -> None:
         super().__init__()
         if unknown:
-            raise ValueError(f"SparseStructureDecoder got unknown args: {', '.join(sorted(unknown))}")
+            raise InputError(f"SparseStructureDecoder got unknown args: {', '.join(sorted(unknown))}")
         if norm_type != "layer":
-            raise ValueError(f"SparseStructureDecoder supports norm_type='layer' only (the released model), "
+            raise InputError(f"SparseStructureDecoder supports norm_type='layer' only (the released model), "
                              f"got {norm_type!r}")
         if not channels:
-            raise ValueError("SparseStructureDecoder needs at least one channel width")
+            raise InputError("SparseStructureDecoder needs at least one channel width")
         del use_checkpoint  # training-only
         self.dtype = torch.float16 if use_fp16 else torch.float32  # trunk dtype (§5.1)
         trunk = self.dtype
@@ -106,7 +108,7 @@ class SparseStructureDecoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x [B, latent, X, Y, Z]`` → logits ``[B, out, 4X, 4Y, 4Z]`` (for the released config) in ``x.dtype``."""
         if x.dim() != 5:
-            raise ValueError(f"SparseStructureDecoder expects [B, C, X, Y, Z], got {list(x.shape)}")
+            raise InputError(f"SparseStructureDecoder expects [B, C, X, Y, Z], got {list(x.shape)}")
         w = self.input_layer.weight
         h = F.conv3d(x.to(w.dtype), w, self.input_layer.bias, padding=1)
         h = h.to(self.dtype)
@@ -123,10 +125,10 @@ def occupancy_to_coords(logits: Tensor, resolution: int) -> Tensor:
     by the ratio (logical OR over each block; 64³ → 32³ in the released pipelines).
     """
     if logits.dim() != 5 or logits.shape[1] != 1:
-        raise ValueError(f"occupancy logits must be [B, 1, X, Y, Z], got {list(logits.shape)}")
+        raise InputError(f"occupancy logits must be [B, 1, X, Y, Z], got {list(logits.shape)}")
     size = logits.shape[2]
     if resolution <= 0 or size % resolution:
-        raise ValueError(f"resolution {resolution} must divide the decoded grid size {size}")
+        raise InputError(f"resolution {resolution} must divide the decoded grid size {size}")
     occ = logits > 0
     if resolution != size:
         ratio = size // resolution

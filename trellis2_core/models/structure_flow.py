@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..config import FastPathConfig
+from ..errors import InputError
 from ..sparse.rope import grid_rope
 from ..sparse.tensor import DerivedCache
 from .blocks import CrossContext, FlowDiT
@@ -33,7 +34,7 @@ class SparseStructureFlowModel(FlowDiT):
         """
         r = self.resolution
         if x.dim() != 5 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != (r, r, r):
-            raise ValueError(f"SparseStructureFlowModel expects x [B, {self.in_channels}, {r}, {r}, {r}], "
+            raise InputError(f"SparseStructureFlowModel expects x [B, {self.in_channels}, {r}, {r}, {r}], "
                              f"got {list(x.shape)}")
         b = x.shape[0]
         self._check_batch(t, cond, b)

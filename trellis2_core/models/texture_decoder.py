@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..errors import InputError
 from ..mesh.types import PbrVoxels
 from ..sparse import SparseTensor
 from .sparse_unet import SparseUnetVaeDecoder
@@ -18,7 +19,7 @@ __all__ = ["SparseUnetVaeDecoder", "raw_to_pbr", "pbr_voxels"]
 def raw_to_pbr(raw: Tensor) -> Tensor:
     """PBR attributes ``[M, 6]`` = ``raw·0.5 + 0.5`` (no clamp; layout base_color 0:3, metallic, roughness, alpha)."""
     if raw.dim() != 2 or raw.shape[1] != 6:
-        raise ValueError(f"texture decoder output must be [M, 6], got {list(raw.shape)}")
+        raise InputError(f"texture decoder output must be [M, 6], got {list(raw.shape)}")
     return raw * 0.5 + 0.5
 
 

@@ -210,6 +210,7 @@ class _Guided:
         if fast is not None:
             self.extra["fast"] = fast
         self.batch_cfg = fast is not None and fast.batch_cfg
+        self.fast = fast
         self.graphs = _Graphed(model) if fast is not None and fast.cuda_graphs else None
         self._pair_cond: Any = None
         self._templates: dict[int, tuple[Tensor, SparseTensor]] = {}  # id(coords) -> (coords, paired voxels)
@@ -224,7 +225,7 @@ class _Guided:
         return self._run(("single", branch), x, t_model, cond, self.extra)
 
     def _run(self, key: Any, x: Latent, t_model: Tensor, cond: Any, extra: dict[str, Any]) -> Tensor:
-        if self.graphs is not None and _feats(x).is_cuda:
+        if self.graphs is not None and self.fast is not None and self.fast.graphs_on(_feats(x).device):
             return self.graphs(key, x, t_model, cond, extra)
         return _feats(self.model(x, t_model, cond, **extra))
 

@@ -7,15 +7,16 @@ One API, several backends, all computing ``softmax(q·kᵀ·scale)·v`` per sequ
                    lengths is run as one dense batch; ragged input loops over sequences.
 * ``flash_attn`` - the ``flash_attn`` package's varlen kernel (CUDA, fp16/bf16), when installed.
 * ``fa4``        - FlashAttention-4 (the optional ``flash-attn-4`` package, ``flash_attn.cute``; CuTe-DSL kernels
-                   compiled at run time, no build step) for fp16/bf16 CUDA tensors on compute capability ≥ 9.0, as
-                   one opaque op under ``torch.compile``; SDPA elsewhere (CPU, fp32, older GPUs).
+                   compiled at run time, no build step) for fp16/bf16 CUDA tensors on compute capability ≥ 9.0 with
+                   a head size it has (``capabilities.fa4_runs``), as one opaque op under ``torch.compile``; SDPA
+                   elsewhere (CPU, fp32, older GPUs).
 * ``triton``     - the pack's Triton flash-attention kernel (``trellis2_kernels.attention``; its PyTorch reference
                    where Triton cannot run), as one opaque op under ``torch.compile``.
 * ``naive``      - explicit matmul + softmax in float32 (the test oracle).
 
 ``auto`` uses dense SDPA whenever the sequences have equal length (the usual single-sample case, where the
-fused cuDNN kernel is the fastest exact attention measured on an H100), otherwise ``flash_attn`` when it can run,
-otherwise per-sequence SDPA.
+fused cuDNN kernel is the fastest exact attention measured on an H100), otherwise ``flash_attn`` when it is installed
+and can run (``capabilities.flash_attn_runs``: sm80+, fp16/bf16), otherwise per-sequence SDPA.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _kernels
+from ..capabilities import device_traits, fa4_runs, flash_attn_runs
+from ..errors import BackendError, InputError
 
 __all__ = ["AttentionBackend", "attention", "varlen_attention", "flash_attn_available", "fa4_available"]
 
@@ -75,7 +78,7 @@ def fa4_available() -> bool:
 
 def _check_backend(backend: str) -> None:
     if backend not in _BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; use one of {', '.join(_BACKENDS)}")
+        raise InputError(f"unknown attention backend {backend!r}; use one of {', '.join(_BACKENDS)}")
 
 
 def _naive(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
@@ -99,10 +102,10 @@ def _(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
 
 
 def _fa4_runs_on(q: Tensor) -> bool:
-    """Whether FlashAttention-4 is used for ``q``: fp16/bf16 on a Hopper or newer GPU (compute capability ≥ 9.0;
-    measured faster than cuDNN on an H200 at long sequences; FA4's Ampere path is not measured, so SDPA there)."""
-    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-            and torch.cuda.get_device_capability(q.device)[0] >= 9)
+    """Whether FlashAttention-4 is used for ``q [B, L, H, D]``: fp16/bf16 on a Hopper or newer NVIDIA GPU (compute
+    capability ≥ 9.0; measured faster than cuDNN on an H200 at long sequences; FA4's Ampere path is not measured, so
+    SDPA there) with a head size FA4 has (:func:`trellis2_core.capabilities.fa4_runs`)."""
+    return q.is_cuda and fa4_runs(device_traits(q.device), q.dtype, q.shape[-1])
 
 
 @torch.library.custom_op("trellis2::fa4_attention", mutates_args=())
@@ -114,7 +117,7 @@ def _fa4_attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     try:
         flash_attn_func = _import_fa4()
     except Exception as err:  # noqa: BLE001 - see fa4_available
-        raise RuntimeError(_FA4_MISSING.format(err=f"{type(err).__name__}: {err}")) from err
+        raise BackendError(_FA4_MISSING.format(err=f"{type(err).__name__}: {err}")) from err
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = flash_attn_func(q, k, v, softmax_scale=scale)
     return (out[0] if isinstance(out, tuple) else out).contiguous()
@@ -142,7 +145,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None,
     """Dense attention. ``q [B, L, H, D]``, ``k``/``v`` ``[B, S, H, D]`` → ``[B, L, H, D]``."""
     _check_backend(backend)
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-        raise ValueError(f"attention expects q [B,L,H,D] and k, v [B,S,H,D]; got {list(q.shape)}, "
+        raise InputError(f"attention expects q [B,L,H,D] and k, v [B,S,H,D]; got {list(q.shape)}, "
                          f"{list(k.shape)}, {list(v.shape)}")
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     if backend == "flash_attn":  # explicit only: on Hopper, SDPA (cuDNN) beats FA2 for dense batches
@@ -165,23 +168,23 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, q_seqlens: Sequence[int], 
     """
     _check_backend(backend)
     if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape or q.shape[1:] != k.shape[1:]:
-        raise ValueError(f"varlen_attention expects q [T,H,D] and k, v [S,H,D]; got {list(q.shape)}, "
+        raise InputError(f"varlen_attention expects q [T,H,D] and k, v [S,H,D]; got {list(q.shape)}, "
                          f"{list(k.shape)}, {list(v.shape)}")
     if len(q_seqlens) != len(k_seqlens):
-        raise ValueError(f"{len(q_seqlens)} query sequences but {len(k_seqlens)} key sequences")
+        raise InputError(f"{len(q_seqlens)} query sequences but {len(k_seqlens)} key sequences")
     if sum(q_seqlens) != q.shape[0] or sum(k_seqlens) != k.shape[0]:
-        raise ValueError(f"sequence lengths sum to {sum(q_seqlens)}/{sum(k_seqlens)} rows but q has {q.shape[0]} "
+        raise InputError(f"sequence lengths sum to {sum(q_seqlens)}/{sum(k_seqlens)} rows but q has {q.shape[0]} "
                          f"and k has {k.shape[0]}")
     if any(n == 0 for n in k_seqlens) and any(m > 0 for m, n in zip(q_seqlens, k_seqlens) if n == 0):
-        raise ValueError("a query sequence has no keys to attend to")
+        raise InputError("a query sequence has no keys to attend to")
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     nseq = len(q_seqlens)
     if nseq == 0 or q.shape[0] == 0:
         return q.new_zeros(q.shape[0], q.shape[1], v.shape[2])
 
     use_flash = backend == "flash_attn" or (
-        backend == "auto" and flash_attn_available() and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-        and not (len(set(q_seqlens)) == 1 and len(set(k_seqlens)) == 1))
+        backend == "auto" and q.is_cuda and not (len(set(q_seqlens)) == 1 and len(set(k_seqlens)) == 1)
+        and flash_attn_runs(device_traits(q.device), q.dtype, q.shape[-1]) and flash_attn_available())
     if use_flash:
         from flash_attn import flash_attn_varlen_func
         dev = q.device

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .._kernels import load as _load_kernels
+from ..errors import InputError
 from .tensor import SparseTensor
 
 __all__ = ["neighbor_map", "submconv_plan", "submanifold_conv3d", "SubMConv3d"]
@@ -41,7 +42,7 @@ def submanifold_conv3d(x: SparseTensor, weight: Tensor, bias: Tensor | None = No
     """Apply a submanifold conv with ``weight [Co,3,3,3,Ci]`` and ``bias [Co]`` to ``x`` (feats ``[N, Ci]``)."""
     _, sc = _ops()
     if x.feats.dim() != 2:
-        raise ValueError(f"submanifold_conv3d needs 2-D feats [N, Ci], got {list(x.feats.shape)}")
+        raise InputError(f"submanifold_conv3d needs 2-D feats [N, Ci], got {list(x.feats.shape)}")
     if weight.dtype != x.feats.dtype:  # the kernel contract wants matching dtypes; the dtype policy normally ensures it
         weight = weight.to(x.feats.dtype)
     out = sc.submconv(x.feats, submconv_plan(x), weight, bias)
@@ -70,7 +71,7 @@ class SubMConv3d(nn.Module):
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         if x.feats.shape[-1] != self.in_channels:
-            raise ValueError(f"SubMConv3d expects {self.in_channels} input channels, got {x.feats.shape[-1]}")
+            raise InputError(f"SubMConv3d expects {self.in_channels} input channels, got {x.feats.shape[-1]}")
         return submanifold_conv3d(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

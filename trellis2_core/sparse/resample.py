@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .tensor import SparseTensor
 
 __all__ = ["Subdivision", "subdivide", "expand_children", "channel_to_space", "Grouping", "group_parents",
@@ -33,7 +34,7 @@ class Subdivision:
 def subdivide(x: SparseTensor, mask: Tensor) -> Subdivision:
     """Children of ``x``'s voxels selected by ``mask [N, 8]`` (bool)."""
     if mask.dtype != torch.bool or mask.shape != (x.num_voxels, 8):
-        raise ValueError(f"subdivision mask must be bool [{x.num_voxels}, 8], got {mask.dtype} {list(mask.shape)}")
+        raise InputError(f"subdivision mask must be bool [{x.num_voxels}, 8], got {mask.dtype} {list(mask.shape)}")
     pairs = mask.nonzero()  # row-major: parent-major, slot-ascending
     parent, slot = pairs[:, 0], pairs[:, 1]
     coords = x.coords[parent].clone()
@@ -45,7 +46,7 @@ def expand_children(parent_feats: Tensor, sub: Subdivision) -> Tensor:
     """Child features ``[M, C]`` from parent features ``[N, 8·C]`` (child ``s`` reads channels ``s·C..s·C+C-1``)."""
     n, c8 = parent_feats.shape
     if c8 % 8:
-        raise ValueError(f"channel-to-space needs a multiple of 8 channels, got {c8}")
+        raise InputError(f"channel-to-space needs a multiple of 8 channels, got {c8}")
     return parent_feats.view(n, 8, c8 // 8)[sub.parent, sub.slot]
 
 

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .tensor import DerivedCache, SparseTensor
 
 __all__ = ["DEFAULT_ROPE_FREQ", "RopeTable", "rope_frequencies", "rope_cos_sin", "grid_positions", "grid_rope",
@@ -29,7 +30,7 @@ RopeTable = tuple[Tensor, Tensor]
 
 def _freq_key(rope_freq: Sequence[float]) -> tuple[float, float]:
     if len(rope_freq) != 2:
-        raise ValueError(f"rope_freq must be (scale, base), got {tuple(rope_freq)}")
+        raise InputError(f"rope_freq must be (scale, base), got {tuple(rope_freq)}")
     return (float(rope_freq[0]), float(rope_freq[1]))
 
 
@@ -38,7 +39,7 @@ def rope_frequencies(head_dim: int, rope_freq: Sequence[float] = DEFAULT_ROPE_FR
     """The per-axis frequencies ``[head_dim // 2 // 3]`` float32 (§4.3: 21 for head_dim 128)."""
     freq_dim = head_dim // 2 // 3
     if freq_dim < 1:
-        raise ValueError(f"3-D RoPE needs head_dim >= 6, got {head_dim}")
+        raise InputError(f"3-D RoPE needs head_dim >= 6, got {head_dim}")
     scale, base = _freq_key(rope_freq)
     exponent = torch.arange(freq_dim, dtype=torch.float32, device=device) / freq_dim
     return scale / (base ** exponent)
@@ -54,7 +55,7 @@ def rope_cos_sin(positions: Tensor, head_dim: int, rope_freq: Sequence[float] = 
         ``(cos, sin)``, each ``[N, D // 2]`` float32; the padding columns are ``(1, 0)`` (no rotation).
     """
     if positions.dim() != 2 or positions.shape[1] != 3:
-        raise ValueError(f"RoPE positions must be [N, 3] (x, y, z), got {list(positions.shape)}")
+        raise InputError(f"RoPE positions must be [N, 3] (x, y, z), got {list(positions.shape)}")
     freqs = rope_frequencies(head_dim, rope_freq, positions.device)  # [F]
     phases = (positions.to(torch.float32)[:, :, None] * freqs).reshape(positions.shape[0], -1)  # [N, 3F]
     cos, sin = torch.cos(phases), torch.sin(phases)
@@ -68,7 +69,7 @@ def rope_cos_sin(positions: Tensor, head_dim: int, rope_freq: Sequence[float] = 
 def grid_positions(shape: Sequence[int], device: torch.device | str | None = None) -> Tensor:
     """``[X·Y·Z, 3]`` int64 positions of a dense grid, flattened with z fastest (``meshgrid(indexing='ij')``)."""
     if len(shape) != 3:
-        raise ValueError(f"grid shape must be (X, Y, Z), got {tuple(shape)}")
+        raise InputError(f"grid shape must be (X, Y, Z), got {tuple(shape)}")
     axes = [torch.arange(int(n), device=device) for n in shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
@@ -101,7 +102,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     table broadcasts over heads and over any leading batch axes.
     """
     if x.shape[-1] != 2 * cos.shape[-1] or x.shape[-3] != cos.shape[0]:
-        raise ValueError(f"RoPE table {list(cos.shape)} does not fit a [..., N, H, D] input {list(x.shape)}")
+        raise InputError(f"RoPE table {list(cos.shape)} does not fit a [..., N, H, D] input {list(x.shape)}")
     pairs = x.to(torch.float32).unflatten(-1, (-1, 2))  # [..., N, H, D/2, 2]
     a, b = pairs[..., 0], pairs[..., 1]
     c, s = cos[:, None, :], sin[:, None, :]  # [N, 1, D/2]

@@ -14,6 +14,8 @@ from typing import Any, Callable, Hashable
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 __all__ = ["SparseTensor", "DerivedCache"]
 
 
@@ -22,7 +24,7 @@ class DerivedCache:
 
     def __init__(self, max_entries: int = 32) -> None:
         if max_entries < 1:
-            raise ValueError("DerivedCache needs room for at least one entry")
+            raise InputError("DerivedCache needs room for at least one entry")
         self.max_entries = max_entries
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
 
@@ -49,11 +51,11 @@ class DerivedCache:
 
 def _check_coords(coords: Tensor) -> None:
     if not isinstance(coords, Tensor):
-        raise ValueError(f"coords must be a torch.Tensor, got {type(coords).__name__}")
+        raise InputError(f"coords must be a torch.Tensor, got {type(coords).__name__}")
     if coords.dtype != torch.int32:
-        raise ValueError(f"coords must be int32 (batch, x, y, z), got {coords.dtype}; convert with coords.int()")
+        raise InputError(f"coords must be int32 (batch, x, y, z), got {coords.dtype}; convert with coords.int()")
     if coords.dim() != 2 or coords.shape[1] != 4:
-        raise ValueError(f"coords must have shape [N, 4] = (batch, x, y, z), got {list(coords.shape)}")
+        raise InputError(f"coords must have shape [N, 4] = (batch, x, y, z), got {list(coords.shape)}")
 
 
 class SparseTensor:
@@ -72,20 +74,20 @@ class SparseTensor:
                  _cache: DerivedCache | None = None) -> None:
         _check_coords(coords)
         if not isinstance(feats, Tensor):
-            raise ValueError(f"feats must be a torch.Tensor, got {type(feats).__name__}")
+            raise InputError(f"feats must be a torch.Tensor, got {type(feats).__name__}")
         if feats.dim() < 1 or feats.shape[0] != coords.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"feats must have one row per voxel: feats {list(feats.shape)} vs coords {list(coords.shape)}"
             )
         if feats.device != coords.device:
-            raise ValueError(f"feats are on {feats.device} but coords are on {coords.device}; move both to one device")
+            raise InputError(f"feats are on {feats.device} but coords are on {coords.device}; move both to one device")
         if validate and coords.shape[0] > 0:
             if bool((coords < 0).any()):
                 bad = coords[(coords < 0).any(dim=1)][0].tolist()
-                raise ValueError(f"coords must be non-negative; found row {bad}")
+                raise InputError(f"coords must be non-negative; found row {bad}")
             batch = coords[:, 0]
             if bool((batch[1:] < batch[:-1]).any()):
-                raise ValueError(
+                raise InputError(
                     "rows of one batch element must be contiguous and batch ids ascending; sort the rows by "
                     "coords[:, 0] (e.g. with a stable sort) before building the SparseTensor"
                 )
@@ -98,7 +100,7 @@ class SparseTensor:
         """A new tensor with ``feats`` on the same voxels (sharing the derived cache), or on new ``coords``."""
         if coords is None:
             if feats.shape[0] != self.coords.shape[0]:
-                raise ValueError(
+                raise InputError(
                     f"replace() without coords needs one feature row per voxel: got {feats.shape[0]} rows for "
                     f"{self.coords.shape[0]} voxels"
                 )
@@ -171,7 +173,7 @@ class SparseTensor:
     def broadcast_batch(self, per_batch: Tensor) -> Tensor:
         """Expand a ``[B, C...]`` tensor to one row per voxel."""
         if per_batch.shape[0] != self.batch_size:
-            raise ValueError(f"expected a leading batch dim of {self.batch_size}, got {list(per_batch.shape)}")
+            raise InputError(f"expected a leading batch dim of {self.batch_size}, got {list(per_batch.shape)}")
         return per_batch[self.batch_index()]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SparseTensor":
