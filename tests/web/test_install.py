@@ -76,8 +76,18 @@ def test_fa4_refused_without_a_suitable_torch(cuda, match):
 
 def test_fa4_flag_installs_the_pinned_wheel_only(fake_three, monkeypatch):
     calls = []
-    monkeypatch.setattr(install.subprocess, "check_call", lambda cmd: calls.append(cmd))
+
+    def record(cmd):  # the constraints file is gone once pip returns: read it now
+        constraints = Path(cmd[cmd.index("-c") + 1]).read_text().split()
+        calls.append(([c for i, c in enumerate(cmd) if "-c" not in cmd[max(i - 1, 0):i + 1]], constraints))
+
+    monkeypatch.setattr(install.subprocess, "check_call", record)
     monkeypatch.setattr("torch.version.cuda", "13.0")
     assert install.main(["--skip-pip", "--fa4", "--tarball", str(fake_three)]) == 0
-    assert calls == [[install.sys.executable, "-m", "pip", "install", "--only-binary=:all:",
-                      f"flash-attn-4[cu13]=={install.FA4_VERSION}"]]
+    (cmd, constraints), = calls
+    assert cmd == [install.sys.executable, "-m", "pip", "install", "--only-binary=:all:",
+                   f"flash-attn-4[cu13]=={install.FA4_VERSION}"]
+    import torch
+
+    assert any(c.startswith("torch==") and c.split("==")[1] in torch.__version__ for c in constraints), (
+        "flash-attn-4 must not be allowed to replace the installed torch")
