@@ -79,7 +79,8 @@ def _weight_files(folder: Path) -> list[Path]:
     )
 
 
-def _read_state_dict(files: Sequence[Path]) -> dict[str, Tensor]:
+def _read_state_dict(files: Sequence[Path], drop_prefixes: Sequence[str] = ()) -> dict[str, Tensor]:
+    """Every tensor of ``files`` except those whose key starts with one of ``drop_prefixes``."""
     from safetensors import SafetensorError, safe_open
 
     sd: dict[str, Tensor] = {}
@@ -89,7 +90,8 @@ def _read_state_dict(files: Sequence[Path]) -> dict[str, Tensor]:
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for key in f.keys():
-                    sd[key] = f.get_tensor(key)
+                    if not key.startswith(tuple(drop_prefixes)):
+                        sd[key] = f.get_tensor(key)
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise WeightsError(f"{path}: unreadable or truncated safetensors file ({err}); re-download it") from err
     return sd
@@ -173,8 +175,11 @@ class DinoV3FeatureExtractor(nn.Module):
     def from_files(cls, files: Sequence[str | Path], config: dict[str, Any], *,
                    device: str | torch.device = "cpu", where: str | None = None,
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                   ) -> "DinoV3FeatureExtractor":
-        """Build the ViT from a config dict on the meta device, then strictly load the safetensors ``files``."""
+                   drop_prefixes: Sequence[str] = ()) -> "DinoV3FeatureExtractor":
+        """Build the ViT from a config dict on the meta device, then strictly load the safetensors ``files``.
+
+        Keys starting with one of ``drop_prefixes`` are skipped (e.g. ComfyUI's bundled ``naf.`` upsampler).
+        """
         tf = _transformers()
         files = [Path(p) for p in files]
         where = where or ", ".join(str(p) for p in files)
@@ -186,7 +191,7 @@ class DinoV3FeatureExtractor(nn.Module):
         with torch.device("meta"):
             vit = tf.DINOv3ViTModel(vit_config)
         expected = vit.state_dict()
-        sd = _remap_keys(_read_state_dict(files), set(expected))
+        sd = _remap_keys(_read_state_dict(files, drop_prefixes), set(expected))
         _check_strict(where, sd, expected)
         sd = {k: v.to(device=device, dtype=torch.float32) if v.is_floating_point() else v.to(device)
               for k, v in sd.items()}  # §13.33: always fp32, whatever the file or transformers default
