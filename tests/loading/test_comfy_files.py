@@ -50,7 +50,8 @@ def bundle_tensors(official_dir: Path, prefix: str = "model.", roles=tuple(ROLE_
     """Core's diffusion bundle: the four flows under ``prefix + role + '.'``, bf16."""
     out = {}
     for role in roles:
-        out.update({f"{prefix}{role}.{k}": v for k, v in _bf16(_official_tensors(official_dir, ROLE_PREFIX[role])).items()})
+        tensors = _bf16(_official_tensors(official_dir, ROLE_PREFIX[role]))
+        out.update({f"{prefix}{role}.{k}": v for k, v in tensors.items()})
     return out
 
 
@@ -182,7 +183,8 @@ def test_classification_by_header_keys(core_dir, tmp_path, official_dir):
     dino = kinds["dino_v3_L_naf_fp32.safetensors"]
     assert dino.kind == "DINOv3" and dino.has_naf and dino.dino_shape == (32, 2, 16)
     # names do not matter: a texture VAE called like a bundle is still a texture VAE
-    odd = shutil.copyfile(core_dir / "vae" / "trellis_2_texture_vae_bf16.safetensors", tmp_path / "trellis_2_bf16.safetensors")
+    odd = shutil.copyfile(core_dir / "vae" / "trellis_2_texture_vae_bf16.safetensors",
+                          tmp_path / "trellis_2_bf16.safetensors")
     assert classify_file(odd).kind == "texture VAE"
     junk = save({"foo.weight": torch.zeros(2)}, tmp_path / "junk.safetensors")
     assert classify_file(junk).kind == "unknown" and not classify_file(junk).usable
