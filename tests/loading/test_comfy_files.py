@@ -242,6 +242,7 @@ def test_listing_finds_one_pipeline_per_bundle(tmp_path, official_dir):
     (root / "vae" / "broken.safetensors").write_bytes(b"\x00" * 5)
     found = list_comfy_pipelines(root, dino_config=official.DINOV3_TINY)
     assert [s.name for s in found] == ["comfy:sub/my_int8", "comfy:trellis_2_bf16"]
+    assert [s.bundle.quantised for s in found] == [True, False]
     assert found[1].files == {
         "diffusion_models": root / "diffusion_models" / "trellis_2_bf16.safetensors",
         "shape_vae": root / "vae" / "trellis_2_shape_vae_bf16.safetensors",
@@ -272,6 +273,13 @@ def test_config_stands_in_for_pipeline_json(core):
     assert core.entries["tex_slat_flow_model_1024"].class_name == "ElasticSLatFlowModel"
     full = comfy_pipeline(core.files)  # default: the official full-size arguments
     assert full.entries["shape_slat_flow_model_1024"].args == official.FULL["shape_slat_flow_model_1024"][1]
+
+
+def test_the_user_is_told_the_files_are_not_the_official_bytes(core, caplog):
+    with caplog.at_level("WARNING", logger="trellis2_core.loading.comfy_pipeline"):
+        comfy_pipeline(core.files, **TINY)
+    assert "comfy:trellis_2_bf16: ComfyUI core's TRELLIS.2 files are bf16 re-encodings" in caplog.text
+    assert "int8" not in caplog.text
 
 
 def test_pipeline_type_512_is_refused(core):
@@ -385,6 +393,7 @@ def test_int8_bundle_is_dequantised_at_load(tmp_path, official_dir, in_header):
     tensors, meta, expected = quantize_bundle(bundle_tensors(official_dir), originals, in_header=in_header)
     assert len(expected) == 4 * 2 * len(BLOCK_LINEARS)
     cp = _one_bundle_pipeline(tmp_path, official_dir, tensors, meta)
+    assert cp.files.bundle.quantised
     for key, role in KEY_ROLES.items():
         if role not in ROLE_PREFIX:
             continue

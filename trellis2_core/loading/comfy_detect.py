@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ..errors import WeightsError
+from .comfy_int8 import METADATA_KEY as QUANT_METADATA_KEY
+from .comfy_int8 import QUANT_SUFFIX
 
 __all__ = ["SafetensorsHeader", "ComfyFile", "read_header", "classify_file", "classify_header", "scan_files",
            "FLOW_ROLES", "VAE_ROLES", "DINO_ROLE", "BUNDLE_PREFIXES", "SAFETENSORS_SUFFIXES"]
@@ -59,6 +61,7 @@ class ComfyFile:
     note: str = ""
     dino_shape: tuple[int, int, int] | None = None  # DINOv3: (hidden size, layers, patch size)
     has_naf: bool = False
+    quantised: bool = False  # has ComfyUI quantisation markers (``*.comfy_quant`` or header metadata)
 
     def __str__(self) -> str:
         return f"{self.path.name} ({self.kind}{': ' + self.note if self.note else ''})"
@@ -127,7 +130,9 @@ def classify_header(path: Path, header: SafetensorsHeader) -> ComfyFile:
             return ComfyFile(path, "texture-only bundle", roles,
                              note="only the texture flow (shape2txt); the structure and shape flows are missing")
         if set(roles) == set(FLOW_ROLES):
-            return ComfyFile(path, "diffusion bundle", roles)
+            quantised = QUANT_METADATA_KEY in header.metadata or any(k.endswith(QUANT_SUFFIX) for k in keys)
+            return ComfyFile(path, "diffusion bundle", roles, quantised=quantised,
+                             note="int8-quantised" if quantised else "")
         lacking = [r for r in FLOW_ROLES if r not in roles]
         return ComfyFile(path, "partial diffusion bundle", roles, note=f"lacks {', '.join(lacking)}")
     roles = {r: f"{r}." for r in VAE_ROLES if any(k.startswith(f"{r}.") for k in keys)}

@@ -141,6 +141,10 @@ class ComfyPipeline:
         data["args"]["models"] = {k: f"{e.file}::{e.prefix}" for k, e in self.entries.items()}
         self.config = PipelineConfig.from_dict(data, root=files.bundle.path.parent,
                                                source=files.bundle.path.parent / f"<{files.name}>")
+        log.warning("%s: ComfyUI core's TRELLIS.2 files are bf16 re-encodings of the official weights (the official "
+                    "VAEs are fp16)%s, so results are close to, not bit-identical with, the official files",
+                    files.name, "; its flow models are int8-quantised (about 1% error per weight)"
+                    if files.bundle.quantised else "")
 
     @property
     def name(self) -> str:
