@@ -62,8 +62,9 @@ def vae_tensors(official_dir: Path, table: dict[str, str]) -> dict[str, torch.Te
     return out
 
 
-def dino_tensors(official_dir: Path, naf: bool = True) -> dict[str, torch.Tensor]:
-    out = load_file(str(official_dir / "dinov3" / "model.safetensors"))
+def dino_tensors(official_dir: Path, naf: bool = True, folder: str = "dinov3") -> dict[str, torch.Tensor]:
+    """Core's DINOv3 clip_vision file: the HF checkpoint in the 4.x key layout, plus ``naf.*`` tensors."""
+    out = load_file(str(official_dir / folder / "model.safetensors"))
     out = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in out.items()}  # HF 4.x layout
     if naf:
         out["naf.image_encoder.encoder.0.weight"] = torch.randn(128, 3, 1, 1)
@@ -504,3 +505,33 @@ def test_full_size_dino_keys_equal_cores_class(core_shapes):
         vit = tf.DINOv3ViTModel(tf.DINOv3ViTConfig.from_dict(cfg))
     ours = {(k[len("model."):] if k.startswith("model.") else k): list(v.shape) for k, v in vit.state_dict().items()}
     assert ours == core_shapes["dino"]
+
+
+# ---------------------------------------------------------------------------------------------- whole pipeline
+def test_golden_1024_pipeline_runs_from_core_layout_files(tmp_path, golden_dir):
+    """The tiny golden pipeline's weights repacked in core's layout (kept float32, so the bytes are the same) run
+    through ``ModelStore(loader=...)`` and reproduce the official golden outputs."""
+    from trellis2_core.pipeline.pipeline import Pipeline
+    from trellis2_core.pipeline.stages import Conditioning
+
+    meta = json.loads((golden_dir / "pipeline_1024.json").read_text())
+    gold = load_file(str(golden_dir / "pipeline_1024.safetensors"))
+    pdir = golden_dir / meta["params"]["pipeline_dir"]
+    root = tmp_path / "models"
+    bundle = {f"model.{role}.{k}": v for role, key in ROLE_PREFIX.items()
+              for k, v in _official_tensors(pdir, key).items()}
+    save(bundle, root / "diffusion_models" / "bundle.safetensors")
+    for name, table in (("shape", SHAPE_VAE), ("texture", TEX_VAE)):
+        save({f"{role}.{k}": v for role, key in table.items() for k, v in _official_tensors(pdir, key).items()},
+             root / "vae" / f"{name}.safetensors")
+    save(dino_tensors(pdir, folder="dinov3-tiny"), root / "clip_vision" / "dino.safetensors")
+    cp = comfy_pipeline(root, **TINY)
+    res = Pipeline(cp.config, cp.model_store()).run_from_conditioning(
+        Conditioning(gold["cond_512"], gold["cond_1024"]), seed=meta["params"]["seed"],
+        pipeline_type=meta["params"]["pipeline_type"])
+    for name, got in (("output.shape_slat.feats", res.shape.slat.feats),
+                      ("output.tex_slat.feats", res.material.slat.feats)):
+        tol = meta["tolerance"][name]
+        torch.testing.assert_close(got, gold[name], atol=tol["atol"], rtol=tol["rtol"])
+    assert torch.equal(res.shape.slat.coords, gold["output.shape_slat.coords"])
+    assert torch.equal(res.decoded.meshes[0].faces.to(torch.int32), gold["output.mesh.faces"])
