@@ -90,7 +90,7 @@ def check_image(image: object, name: str = "image", node: str = "") -> Tensor:
     if h == 0 or w == 0:
         raise InputError(f"{where}: the images have no pixels ({w}x{h}); connect a real picture")
     if c not in _CHANNELS:
-        hint = " (channels-first [B, C, H, W]? ComfyUI images are channels-last)" if w in _CHANNELS else ""
+        hint = " (channels-first [B, C, H, W]? ComfyUI images are channels-last)" if h in _CHANNELS else ""
         raise InputError(f"{where}: IMAGE has {c} channels (shape {_shape(image)}); it must have 3 (RGB) or 4 "
                          f"(RGBA, alpha = transparency), or 1 (grey){hint}")
     return _to_unit_float(image, where, "IMAGE")
