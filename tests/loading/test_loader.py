@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from trellis2_core.errors import WeightsError
+from trellis2_core.errors import InputError, WeightsError
 from trellis2_core.loading import (
     KEY_FIXES, ModelStore, PipelineConfig, load_model, read_model_json, resolve_model_files, resolve_pipeline_dir,
 )
@@ -78,8 +78,11 @@ def test_dtype_override_follows_the_model_policy(tiny):
     assert dtypes["blocks.0.norm2.weight"] == torch.float32
     dec = load_model(tiny, "tex_slat_decoder", dtype_override="float16")
     assert {p.dtype for p in dec.parameters()} >= {torch.float16, torch.float32}
-    with pytest.raises(ValueError, match="use_fp16"):
-        load_model(tiny, "tex_slat_decoder", dtype_override=torch.bfloat16)
+    # the VAEs' only precision switch is use_fp16: bfloat16 (asked for to avoid fp16 overflow) runs them in float32
+    dec = load_model(tiny, "tex_slat_decoder", dtype_override=torch.bfloat16)
+    assert {p.dtype for p in dec.parameters()} == {torch.float32}
+    with pytest.raises(InputError, match="dtype override"):
+        load_model(tiny, "tex_slat_decoder", dtype_override="int8")
 
 
 def test_resolve_local_sources(tiny, tmp_path):

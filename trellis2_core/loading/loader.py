@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import InputError, WeightsError
 from ..models import model_class
 from .config import PIPELINE_JSON, PipelineConfig
 from .residency import Residency
@@ -51,21 +51,28 @@ def read_model_json(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 def _with_dtype(args: dict[str, Any], dtype: torch.dtype | str | None, where: Path) -> dict[str, Any]:
-    """Override the json's precision knob (``dtype`` for DiTs, ``use_fp16`` for VAEs) with ``dtype``."""
+    """Override the json's precision knob (``dtype`` for DiTs, ``use_fp16`` for VAEs) with ``dtype``.
+
+    The VAEs only know float16 and float32 (``use_fp16``): asked for bfloat16 (chosen to avoid float16's overflow)
+    they run in float32.
+    """
     if dtype is None:
         return args
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None) if dtype in _DTYPE_NAMES.values() else None
     if dtype not in _DTYPE_NAMES:
-        raise ValueError(f"dtype_override must be float32, float16 or bfloat16, got {dtype!r}")
+        raise InputError(f"dtype override must be float32, float16 or bfloat16 (or None for the checkpoints' own), "
+                         f"got {dtype!r}")
     args = dict(args)
     if "dtype" in args:
         args["dtype"] = _DTYPE_NAMES[dtype]
     elif "use_fp16" in args:
-        if dtype == torch.bfloat16:
-            raise ValueError(f"{where}: this model's precision switch is use_fp16; override with float16 or float32")
         args["use_fp16"] = dtype == torch.float16
     return args
+
+
+_BUILD_ERRORS = (TypeError, ValueError, RuntimeError, AttributeError, KeyError, IndexError, OverflowError,
+                 ZeroDivisionError)  # what a constructor raises on args of the wrong type or value
 
 
 def load_model(pipeline_dir_or_config: str | Path | PipelineConfig, key: str, *,
@@ -87,8 +94,9 @@ def load_model(pipeline_dir_or_config: str | Path | PipelineConfig, key: str, *,
     try:
         with torch.device("meta"):
             model = cls(**args)
-    except (TypeError, ValueError) as err:
-        raise WeightsError(f"{json_path}: cannot build {name} from its args ({err})") from err
+    except _BUILD_ERRORS as err:
+        raise WeightsError(f"{json_path}: cannot build {name} from its args ({type(err).__name__}: {err}); the "
+                           "model config is corrupted or belongs to another model: re-download it") from err
     expected = model.state_dict()  # meta tensors: shapes and runtime dtypes
     state = read_strict(st_path, expected, fixes=KEY_FIXES.get(name), device=device)
     model.load_state_dict(state, strict=True, assign=True)

@@ -45,15 +45,15 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as err:
-        raise BackendError(
-            "DINOv3 conditioning needs the 'transformers' package: pip install 'transformers>=4.56'"
-        ) from err
+    """The ``transformers`` module, or BackendError naming its version and the install command."""
+    from ..optional import REQUIREMENTS, require
+
+    transformers = require("transformers", "DINOv3 conditioning")
     if not hasattr(transformers, "DINOv3ViTModel"):
+        req = REQUIREMENTS["transformers"]
         raise BackendError(
-            f"transformers {transformers.__version__} has no DINOv3ViTModel; upgrade: pip install 'transformers>=4.56'"
+            f"DINOv3 conditioning needs {req.spec}, but transformers {getattr(transformers, '__version__', '?')} "
+            f"has no DINOv3ViTModel: {req.fix()}"
         )
     return transformers
 
