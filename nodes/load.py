@@ -1,6 +1,7 @@
 """Load TRELLIS.2 model node: pipeline folder / local path / Hugging Face id → ``TRELLIS2_PIPELINE`` (spec §4.1)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -46,6 +47,22 @@ def _device(choice: str) -> torch.device:
     if choice == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise BackendError(f"{label} is 'mps' but this PyTorch has no Apple MPS support; choose 'auto' or 'cpu'")
     return torch.device(choice)
+
+
+def _one_copy_of_hub_logs() -> None:
+    """huggingface_hub prints its warnings (e.g. download retries) with its own StreamHandler *and* passes them on
+    to the root logger, where ComfyUI prints and records them again: drop its handler so ComfyUI's console and log
+    show each line once. Only when the root logger has handlers (it always has inside ComfyUI)."""
+    if not logging.getLogger().handlers:
+        return
+    try:
+        import huggingface_hub  # noqa: F401 - importing it is what attaches its handler
+    except Exception:  # noqa: BLE001 - missing or broken: the loader reports it when a download is needed
+        return
+    hub_logger = logging.getLogger("huggingface_hub")
+    for handler in list(hub_logger.handlers):
+        if type(handler) is logging.StreamHandler and hub_logger.propagate:
+            hub_logger.removeHandler(handler)
 
 
 def _dtype(precision: str, device: torch.device) -> str | None:
@@ -122,6 +139,7 @@ class Trellis2LoadModel:
             raise InputError(f"{widget_label(node, 'source')} must name a pipeline (a folder under "
                              f"models/trellis2, a path or a Hugging Face id), got {source!r}")
         fast = SPEEDS[speed]().with_attention(attention_backend)  # checked before any download or weight loading
+        _one_copy_of_hub_logs()
         src = (custom_source or "").strip() or source.strip()
         dev = _device(device)
         models = bridge.models_dir()

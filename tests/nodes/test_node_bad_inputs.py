@@ -207,3 +207,24 @@ def test_load_node_widgets(tiny_pipeline):
     if not torch.cuda.is_available():
         with pytest.raises(BackendError, match="widget 'device' is 'cuda' but"):
             load.load("x", "auto", "auto", "high", "cuda", custom_source=str(tiny_pipeline))
+
+
+def test_hub_warnings_are_printed_once_under_a_root_handler(tiny_pipeline):
+    import io
+    import logging
+
+    from nodes.load import _one_copy_of_hub_logs
+
+    pytest.importorskip("huggingface_hub")
+    hub = logging.getLogger("huggingface_hub")
+    saved_handlers, saved_root = list(hub.handlers), list(logging.getLogger().handlers)
+    own, root_out = io.StringIO(), io.StringIO()
+    try:
+        hub.handlers[:] = [logging.StreamHandler(own)]  # what huggingface_hub attaches at import
+        logging.getLogger().handlers[:] = [logging.StreamHandler(root_out)]  # ComfyUI's console handler
+        _one_copy_of_hub_logs()
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        assert (own.getvalue() + root_out.getvalue()).count("Retrying in 1s") == 1
+    finally:
+        hub.handlers[:] = saved_handlers
+        logging.getLogger().handlers[:] = saved_root
