@@ -55,9 +55,11 @@ def _one_copy_of_hub_logs() -> None:
     show each line once. Only when the root logger has handlers (it always has inside ComfyUI)."""
     if not logging.getLogger().handlers:
         return
+    from trellis2_core.optional import require
+
     try:
-        import huggingface_hub  # noqa: F401 - importing it is what attaches its handler
-    except Exception:  # noqa: BLE001 - missing or broken: the loader reports it when a download is needed
+        require("huggingface_hub", "Hugging Face downloads")  # importing it is what attaches its handler
+    except BackendError:  # missing or broken: the loader says so if a download is needed
         return
     hub_logger = logging.getLogger("huggingface_hub")
     for handler in list(hub_logger.handlers):
