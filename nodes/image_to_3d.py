@@ -9,7 +9,7 @@ from trellis2_core.api import image_to_glb
 from trellis2_core.pipeline.stages import PipelineType
 from trellis2_core.postprocess import fill_holes
 from trellis2_core.errors import InputError
-from trellis2_core.params import check_run_options
+from trellis2_core.params import check_faces, check_run_options
 from trellis2_core.pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS
 from trellis2_core.preprocess.background import (
     DEFAULT_MATTING_MODEL, load_matting_model, needs_matting, prepare_image,
@@ -90,6 +90,7 @@ class Trellis2ImageTo3D:
                           pipeline_type=resolution, names={"seed": widget_label(node, "seed"),
                                                            "steps": widget_label(node, "steps"),
                                                            "pipeline_type": widget_label(node, "resolution")})
+        check_faces(target_faces, widget_label(node, "target_faces"))  # the library's bound (2**24)
         ptype = PipelineType.parse(resolution, widget_label(node, "resolution"))
         try:
             cfg = export_config(texture_size, target_faces, alpha_mode, double_sided, texture_format)

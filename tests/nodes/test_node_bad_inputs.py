@@ -144,6 +144,7 @@ def test_speck_foreground_fails_in_encode_image_and_image_to_3d(guard, output_di
     ("resolution", "1024000_cascade", "widget 'resolution' must be one of"),
     ("texture_size", 7, "widget 'texture_size' must be in 256..8192"),
     ("target_faces", -5, "widget 'target_faces' must be in 0.."),
+    ("target_faces", 2**24 + 1, "widget 'target_faces' must be in 0..16777216"),
     ("alpha_mode", "GLASS", "widget 'alpha_mode' must be one of"),
 ])
 def test_image_to_3d_widgets(guard, output_dir, widget, value, words):
