@@ -17,10 +17,11 @@ from ..errors import InputError, WeightsError
 from ..models import model_class
 from .config import PIPELINE_JSON, PipelineConfig
 from .residency import Residency
-from .safetensors_io import read_strict
+from .safetensors_io import check_strict, read_strict
 from .sources import resolve_model_files, resolve_model_folder
 
-__all__ = ["load_model", "load_image_cond_model", "read_model_json", "ModelStore", "KEY_FIXES", "as_config"]
+__all__ = ["load_model", "check_model", "load_image_cond_model", "resolve_image_cond_folder", "read_model_json",
+           "ModelStore", "KEY_FIXES", "as_config"]
 
 # The one rename/drop table (style §3.8): official class name -> {file key: new key, or None = drop}.
 # rope_phases: complex RoPE buffer of the dense flow model, derived data we recompute (§4.3, §13.11).
@@ -72,7 +73,39 @@ def _with_dtype(args: dict[str, Any], dtype: torch.dtype | str | None, where: Pa
 
 
 _BUILD_ERRORS = (TypeError, ValueError, RuntimeError, AttributeError, KeyError, IndexError, OverflowError,
-                 ZeroDivisionError)  # what a constructor raises on args of the wrong type or value
+                 ZeroDivisionError, MemoryError)  # what a constructor raises on args of the wrong type or value
+
+
+def _build_meta(config: PipelineConfig, key: str, dtype_override: torch.dtype | str | None,
+                offline: bool | None) -> tuple[nn.Module, str, Path]:
+    """``(model on the meta device, class name, safetensors path)`` of pipeline model ``key``."""
+    json_path, st_path = resolve_model_files(config.root, config.model_ref(key), offline=offline)
+    name, args = read_model_json(json_path)
+    args = _with_dtype(args, dtype_override, json_path)
+    try:
+        cls = model_class(name)
+    except ValueError as err:
+        raise WeightsError(f"{json_path}: {err}; re-download it") from err
+    try:
+        with torch.device("meta"):
+            model = cls(**args)
+    except _BUILD_ERRORS as err:
+        raise WeightsError(f"{json_path}: cannot build {name} from its args ({type(err).__name__}: {err}); the "
+                           "model config is corrupted or belongs to another model: re-download it") from err
+    return model, name, st_path
+
+
+def check_model(pipeline_dir_or_config: str | Path | PipelineConfig, key: str, *,
+                dtype_override: torch.dtype | str | None = None, offline: bool | None = None) -> None:
+    """Check pipeline model ``key`` without loading it: its files exist, its .json builds the model (on the meta
+    device) and the safetensors header has exactly the keys, shapes and castable dtypes it needs.
+
+    Raises:
+        WeightsError: naming the file at fault and what to do (see :func:`load_model`).
+    """
+    config = as_config(pipeline_dir_or_config)
+    model, name, st_path = _build_meta(config, key, dtype_override, offline)
+    check_strict(st_path, model.state_dict(), fixes=KEY_FIXES.get(name))
 
 
 def load_model(pipeline_dir_or_config: str | Path | PipelineConfig, key: str, *,
@@ -84,19 +117,7 @@ def load_model(pipeline_dir_or_config: str | Path | PipelineConfig, key: str, *,
     model's own policy (the json ``dtype``/``use_fp16``, or ``dtype_override``).
     """
     config = as_config(pipeline_dir_or_config)
-    json_path, st_path = resolve_model_files(config.root, config.model_ref(key), offline=offline)
-    name, args = read_model_json(json_path)
-    args = _with_dtype(args, dtype_override, json_path)
-    try:
-        cls = model_class(name)
-    except ValueError as err:
-        raise WeightsError(f"{json_path}: {err}") from err
-    try:
-        with torch.device("meta"):
-            model = cls(**args)
-    except _BUILD_ERRORS as err:
-        raise WeightsError(f"{json_path}: cannot build {name} from its args ({type(err).__name__}: {err}); the "
-                           "model config is corrupted or belongs to another model: re-download it") from err
+    model, name, st_path = _build_meta(config, key, dtype_override, offline)
     expected = model.state_dict()  # meta tensors: shapes and runtime dtypes
     state = read_strict(st_path, expected, fixes=KEY_FIXES.get(name), device=device)
     model.load_state_dict(state, strict=True, assign=True)
@@ -116,6 +137,23 @@ def _is_hf_model_folder(path: Path) -> bool:
         (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file())
 
 
+def resolve_image_cond_folder(pipeline_dir_or_config: str | Path | PipelineConfig, *,
+                              models_dir: str | Path | None = None, offline: bool | None = None) -> Path:
+    """The folder of the DINOv3 conditioner named by ``pipeline.json`` ``image_cond_model`` (see
+    :func:`load_image_cond_model`); WeightsError saying where it looked and where to put it."""
+    from ..models.dinov3 import DEFAULT_MODEL_NAME
+
+    config = as_config(pipeline_dir_or_config)
+    cls_name = config.image_cond_model_class or "DinoV3FeatureExtractor"
+    if cls_name != "DinoV3FeatureExtractor":
+        raise WeightsError(f"{config.root / PIPELINE_JSON}: image_cond_model {cls_name!r} is not supported "
+                           "(only DinoV3FeatureExtractor)")
+    name = config.image_cond_model or DEFAULT_MODEL_NAME
+    return resolve_model_folder(
+        name, base_dir=config.root, models_dir=models_dir, subfolders=("dinov3", "trellis2"),
+        hub_files=("config.json", "model.safetensors"), offline=offline, is_complete=_is_hf_model_folder)
+
+
 def load_image_cond_model(pipeline_dir_or_config: str | Path | PipelineConfig, *,
                           models_dir: str | Path | None = None, device: str | torch.device = "cpu",
                           offline: bool | None = None) -> nn.Module:
@@ -128,14 +166,8 @@ def load_image_cond_model(pipeline_dir_or_config: str | Path | PipelineConfig, *
     from ..models.dinov3 import DEFAULT_MODEL_NAME, KNOWN_CONFIGS, DinoV3FeatureExtractor
 
     config = as_config(pipeline_dir_or_config)
-    cls_name = config.image_cond_model_class or "DinoV3FeatureExtractor"
-    if cls_name != "DinoV3FeatureExtractor":
-        raise WeightsError(f"{config.root / PIPELINE_JSON}: image_cond_model {cls_name!r} is not supported "
-                           "(only DinoV3FeatureExtractor)")
+    folder = resolve_image_cond_folder(config, models_dir=models_dir, offline=offline)
     name = config.image_cond_model or DEFAULT_MODEL_NAME
-    folder = resolve_model_folder(
-        name, base_dir=config.root, models_dir=models_dir, subfolders=("dinov3", "trellis2"),
-        hub_files=("config.json", "model.safetensors"), offline=offline, is_complete=_is_hf_model_folder)
     known = KNOWN_CONFIGS.get(name) or KNOWN_CONFIGS.get(f"facebook/{folder.name}")
     return DinoV3FeatureExtractor.from_folder(folder, config=known, device=device)
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import WeightsError
 
-__all__ = ["read_strict", "KeyFix", "dtype_kind", "dtype_mismatch", "check_dtypes"]
+__all__ = ["read_strict", "check_strict", "KeyFix", "dtype_kind", "dtype_mismatch", "check_dtypes"]
 
 # key -> new key, or None to drop the key (only when the model does not expect it)
 KeyFix = Mapping[str, "str | None"]
@@ -73,63 +73,63 @@ def _listing(items: list[str]) -> str:
     return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
 
 
-def read_strict(path: str | Path, expected: Mapping[str, Tensor], *, fixes: KeyFix | None = None,
-                device: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """Read ``path`` (memory-mapped) into a state dict matching ``expected`` exactly.
+def _plan(f, path: Path, expected: Mapping[str, Tensor], fixes: KeyFix) -> dict[str, str]:
+    """Model key -> file key for the open file ``f``; WeightsError listing missing, unexpected, mis-shaped keys and
+    dtypes the model cannot take (from the header only: no tensor is read)."""
+    source: dict[str, str] = {}
+    unexpected: list[str] = []
+    for key in f.keys():
+        new = fixes.get(key, key)
+        if new is None:
+            if key in expected:  # the model does keep it: load it as it is
+                source[key] = key
+            continue  # dropped: derived data the model recomputes at run time
+        if new in expected:
+            source[new] = key
+        else:
+            unexpected.append(key)
+    missing = sorted(set(expected) - set(source))
+    shapes, dtypes = [], []
+    for new, key in sorted(source.items()):
+        piece = f.get_slice(key)
+        found = list(piece.get_shape())
+        want = list(expected[new].shape)
+        if found != want:
+            shapes.append(f"{new}: expected {want}, found {found}")
+        get_dtype = getattr(piece, "get_dtype", None)  # safetensors >= 0.4.2; older: checked when read
+        bad = dtype_mismatch(new, get_dtype(), expected[new].dtype) if get_dtype is not None else None
+        if bad is not None:
+            dtypes.append(bad)
+    if missing or unexpected or shapes or dtypes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_listing(sorted(unexpected))}")
+        if shapes:
+            parts.append(f"{len(shapes)} keys with the wrong shape: {_listing(shapes)}")
+        if dtypes:
+            parts.append(f"{len(dtypes)} keys with the wrong dtype: {_listing(dtypes)}")
+        raise WeightsError(
+            f"{path}: checkpoint does not match the model built from its .json (" + "; ".join(parts)
+            + "); re-download the checkpoint, or check that the .json beside it belongs to the same file")
+    return source
 
-    ``expected`` maps key -> a tensor (meta is fine) whose shape must match and whose dtype each loaded tensor is
-    cast to. ``fixes`` renames or drops file keys first. Raises ``WeightsError`` naming the file and listing
-    missing, unexpected, mis-shaped keys and keys whose dtype cannot be cast losslessly (:func:`dtype_mismatch`),
-    or saying the file is truncated/corrupt.
-    """
+
+def _open_strict(path: str | Path, expected: Mapping[str, Tensor], fixes: KeyFix | None, read: bool,
+                 device: str | torch.device) -> dict[str, Tensor]:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    fixes = fixes or {}
     if not path.is_file():
         raise WeightsError(f"{path}: file not found; re-download it")
     out: dict[str, Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            source: dict[str, str] = {}  # model key -> file key
-            unexpected: list[str] = []
-            for key in f.keys():
-                new = fixes.get(key, key)
-                if new is None:
-                    if key in expected:  # the model does keep it: load it as it is
-                        source[key] = key
-                    continue  # dropped: derived data the model recomputes at run time
-                if new in expected:
-                    source[new] = key
-                else:
-                    unexpected.append(key)
-            missing = sorted(set(expected) - set(source))
-            shapes, dtypes = [], []
-            for new, key in sorted(source.items()):
-                piece = f.get_slice(key)
-                found = list(piece.get_shape())
-                want = list(expected[new].shape)
-                if found != want:
-                    shapes.append(f"{new}: expected {want}, found {found}")
-                get_dtype = getattr(piece, "get_dtype", None)  # safetensors >= 0.4.2; else checked below
-                bad = dtype_mismatch(new, get_dtype(), expected[new].dtype) if get_dtype is not None else None
-                if bad is not None:
-                    dtypes.append(bad)
-            if missing or unexpected or shapes or dtypes:
-                parts = []
-                if missing:
-                    parts.append(f"{len(missing)} missing keys: {_listing(missing)}")
-                if unexpected:
-                    parts.append(f"{len(unexpected)} unexpected keys: {_listing(sorted(unexpected))}")
-                if shapes:
-                    parts.append(f"{len(shapes)} keys with the wrong shape: {_listing(shapes)}")
-                if dtypes:
-                    parts.append(f"{len(dtypes)} keys with the wrong dtype: {_listing(dtypes)}")
-                raise WeightsError(
-                    f"{path}: checkpoint does not match the model built from its .json ("
-                    + "; ".join(parts) + "); re-download the checkpoint, or check that the .json beside it belongs "
-                    "to the same file"
-                )
+            source = _plan(f, path, expected, fixes or {})
+            if not read:
+                return out
+            dtypes = []
             for new, key in source.items():
                 tensor = f.get_tensor(key)
                 want = expected[new]
@@ -143,3 +143,21 @@ def read_strict(path: str | Path, expected: Mapping[str, Tensor], *, fixes: KeyF
         raise WeightsError(f"{path}: unreadable, truncated or corrupt safetensors file ({err}); re-download it") \
             from err
     return out
+
+
+def check_strict(path: str | Path, expected: Mapping[str, Tensor], *, fixes: KeyFix | None = None) -> None:
+    """What :func:`read_strict` checks, from the file's header alone (no tensor is read): cheap, for checking a
+    whole pipeline before its first model loads."""
+    _open_strict(path, expected, fixes, False, "cpu")
+
+
+def read_strict(path: str | Path, expected: Mapping[str, Tensor], *, fixes: KeyFix | None = None,
+                device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Read ``path`` (memory-mapped) into a state dict matching ``expected`` exactly.
+
+    ``expected`` maps key -> a tensor (meta is fine) whose shape must match and whose dtype each loaded tensor is
+    cast to. ``fixes`` renames or drops file keys first. Raises ``WeightsError`` naming the file and listing
+    missing, unexpected, mis-shaped keys and keys whose dtype cannot be cast losslessly (:func:`dtype_mismatch`),
+    or saying the file is truncated/corrupt.
+    """
+    return _open_strict(path, expected, fixes, True, device)

@@ -16,7 +16,10 @@ from PIL import Image
 from torch import nn
 
 from ..config import FastPathConfig
-from ..loading import ModelStore, PipelineConfig, as_config, load_image_cond_model, resolve_pipeline_dir
+from ..loading import (
+    ModelStore, PipelineConfig, as_config, check_model, load_image_cond_model, resolve_image_cond_folder,
+    resolve_pipeline_dir,
+)
 from ..models.streaming import weights_on_device
 from ..preprocess import preprocess_image
 from .sampler import SamplerParams
@@ -97,6 +100,41 @@ class Pipeline:
             cond_512 = extractor.features(image, 512)
             cond_1024 = extractor.features(image, 1024) if ptype.resolution != 512 else None
         return Conditioning(cond_512, cond_1024)
+
+    @property
+    def image_cond_model_loaded(self) -> bool:
+        """Whether the DINOv3 conditioner is already in memory (given or loaded)."""
+        return self._image_cond_model is not None
+
+    # ------------------------------------------------------------------ checks
+    def check_ready(self, pipeline_type: PipelineType | str | None = None,
+                    samplers: SamplerOverrides | None = None, *, label: str = "pipeline type") -> PipelineType:
+        """Check, before any model loads, that a run of ``pipeline_type`` with ``samplers`` can start.
+
+        Every stage's sampler settings (pipeline.json merged with the overrides) are valid, the normalisations
+        exist, and for each model the run needs that is not loaded yet: its checkpoint files exist, its .json
+        builds the model and the safetensors header matches it (keys, shapes, dtypes; no tensor is read). The DINOv3
+        folder is located. Models from a custom getter (not a :class:`ModelStore`) are not checked.
+
+        Raises:
+            InputError: bad pipeline type or sampler settings (``label`` names the type's flag/widget).
+            WeightsError: a missing or broken checkpoint, naming the file and the fix.
+        """
+        ptype = pipeline_type if isinstance(pipeline_type, PipelineType) else PipelineType.parse(
+            pipeline_type or self.config.default_pipeline_type, label)
+        samplers = samplers or SamplerOverrides()
+        for stage in ("sparse_structure", "shape_slat", "tex_slat"):
+            self.sampler_params(stage, getattr(samplers, stage))
+        for latent in ("shape_slat", "tex_slat"):
+            self.config.normalization(latent)
+        store = self.models
+        if isinstance(store, ModelStore):
+            for key in ptype.model_keys:
+                if key not in store:
+                    check_model(self.config, key, dtype_override=store.dtype_override, offline=store.offline)
+            if self._image_cond_model is None:
+                resolve_image_cond_folder(self.config, models_dir=self.models_dir, offline=store.offline)
+        return ptype
 
     # ------------------------------------------------------------------ runs
     def _type(self, pipeline_type: PipelineType | str | None) -> PipelineType:

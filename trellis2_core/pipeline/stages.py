@@ -68,6 +68,13 @@ class PipelineType:
         return "tex_slat_flow_model_512" if self.resolution == 512 else "tex_slat_flow_model_1024"
 
     @property
+    def model_keys(self) -> tuple[str, ...]:
+        """The pipeline models a run of this type uses, in stage order."""
+        shape = (("shape_slat_flow_model_512", "shape_slat_flow_model_1024") if self.cascade else (self.shape_model,))
+        return ("sparse_structure_flow_model", "sparse_structure_decoder", *shape, self.tex_model,
+                "shape_slat_decoder", "tex_slat_decoder")
+
+    @property
     def cond_resolution(self) -> int:
         """DINOv3 resolution of the shape (HR) and texture stages; the SS and LR stages always use 512."""
         return 512 if self.resolution == 512 else 1024
