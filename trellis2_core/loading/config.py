@@ -48,7 +48,9 @@ class Normalization:
 
     def _vectors(self, like: Tensor) -> tuple[Tensor, Tensor]:
         if like.shape[-1] != self.channels:
-            raise ValueError(f"normalisation has {self.channels} channels, features have {like.shape[-1]}")
+            raise WeightsError(f"pipeline.json's latent normalisation has {self.channels} channels but the latent "
+                               f"has {like.shape[-1]}: pipeline.json does not belong to these checkpoints; "
+                               "re-download the pipeline folder")
         mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device)
         std = torch.tensor(self.std, dtype=like.dtype, device=like.device)
         return mean, std

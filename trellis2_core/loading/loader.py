@@ -77,8 +77,8 @@ _BUILD_ERRORS = (TypeError, ValueError, RuntimeError, AttributeError, KeyError, 
 
 
 def _build_meta(config: PipelineConfig, key: str, dtype_override: torch.dtype | str | None,
-                offline: bool | None) -> tuple[nn.Module, str, Path]:
-    """``(model on the meta device, class name, safetensors path)`` of pipeline model ``key``."""
+                offline: bool | None) -> tuple[nn.Module, str, Path, Path]:
+    """``(model on the meta device, class name, safetensors path, json path)`` of pipeline model ``key``."""
     json_path, st_path = resolve_model_files(config.root, config.model_ref(key), offline=offline)
     name, args = read_model_json(json_path)
     args = _with_dtype(args, dtype_override, json_path)
@@ -92,7 +92,7 @@ def _build_meta(config: PipelineConfig, key: str, dtype_override: torch.dtype | 
     except _BUILD_ERRORS as err:
         raise WeightsError(f"{json_path}: cannot build {name} from its args ({type(err).__name__}: {err}); the "
                            "model config is corrupted or belongs to another model: re-download it") from err
-    return model, name, st_path
+    return model, name, st_path, json_path
 
 
 def check_model(pipeline_dir_or_config: str | Path | PipelineConfig, key: str, *,
@@ -104,8 +104,8 @@ def check_model(pipeline_dir_or_config: str | Path | PipelineConfig, key: str, *
         WeightsError: naming the file at fault and what to do (see :func:`load_model`).
     """
     config = as_config(pipeline_dir_or_config)
-    model, name, st_path = _build_meta(config, key, dtype_override, offline)
-    check_strict(st_path, model.state_dict(), fixes=KEY_FIXES.get(name))
+    model, name, st_path, json_path = _build_meta(config, key, dtype_override, offline)
+    check_strict(st_path, model.state_dict(), fixes=KEY_FIXES.get(name), config_name=str(json_path))
 
 
 def load_model(pipeline_dir_or_config: str | Path | PipelineConfig, key: str, *,
@@ -117,9 +117,9 @@ def load_model(pipeline_dir_or_config: str | Path | PipelineConfig, key: str, *,
     model's own policy (the json ``dtype``/``use_fp16``, or ``dtype_override``).
     """
     config = as_config(pipeline_dir_or_config)
-    model, name, st_path = _build_meta(config, key, dtype_override, offline)
+    model, name, st_path, json_path = _build_meta(config, key, dtype_override, offline)
     expected = model.state_dict()  # meta tensors: shapes and runtime dtypes
-    state = read_strict(st_path, expected, fixes=KEY_FIXES.get(name), device=device)
+    state = read_strict(st_path, expected, fixes=KEY_FIXES.get(name), device=device, config_name=str(json_path))
     model.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:

@@ -27,6 +27,9 @@ _NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float6
           "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64"}
 
 
+_ACCEPTED = "float weights load from float16/bfloat16/float32/float64, integer buffers from integers"
+
+
 def dtype_kind(dtype: torch.dtype | str) -> str:
     """'float' (fp16/bf16/fp32/fp64), 'int', 'bool' or 'other' (fp8, complex, ...) of a torch or safetensors dtype."""
     if isinstance(dtype, str):
@@ -54,9 +57,7 @@ def dtype_mismatch(key: str, found: torch.dtype | str, want: torch.dtype) -> str
         return None
     if want_kind == "other" and _name(found) == _name(want):
         return None
-    accepted = {"float": "float16/bfloat16/float32/float64", "int": "an integer dtype", "bool": "bool"}.get(
-        want_kind, _name(want))
-    return f"{key}: expected {_name(want)} (file may hold {accepted}), found {_name(found)}"
+    return f"{key}: expected {_name(want)}, found {_name(found)}"
 
 
 def check_dtypes(where: str | Path, problems: list[str], fix: str = "re-download it") -> None:
@@ -64,8 +65,8 @@ def check_dtypes(where: str | Path, problems: list[str], fix: str = "re-download
     if problems:
         raise WeightsError(
             f"{where}: {len(problems)} tensors have a dtype the model cannot take losslessly ("
-            f"{_listing(sorted(problems))}); the file is corrupted or was converted wrongly (e.g. quantised to "
-            f"int/fp8 without scales): {fix}")
+            f"{_listing(sorted(problems))}; {_ACCEPTED}); the file is corrupted or was converted wrongly (e.g. "
+            f"quantised to int/fp8 without scales): {fix}")
 
 
 def _listing(items: list[str]) -> str:
@@ -73,7 +74,8 @@ def _listing(items: list[str]) -> str:
     return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
 
 
-def _plan(f, path: Path, expected: Mapping[str, Tensor], fixes: KeyFix) -> dict[str, str]:
+def _plan(f, path: Path, expected: Mapping[str, Tensor], fixes: KeyFix, config_name: str | None
+          ) -> dict[str, str]:
     """Model key -> file key for the open file ``f``; WeightsError listing missing, unexpected, mis-shaped keys and
     dtypes the model cannot take (from the header only: no tensor is read)."""
     source: dict[str, str] = {}
@@ -109,15 +111,16 @@ def _plan(f, path: Path, expected: Mapping[str, Tensor], fixes: KeyFix) -> dict[
         if shapes:
             parts.append(f"{len(shapes)} keys with the wrong shape: {_listing(shapes)}")
         if dtypes:
-            parts.append(f"{len(dtypes)} keys with the wrong dtype: {_listing(dtypes)}")
+            parts.append(f"{len(dtypes)} keys with the wrong dtype ({_ACCEPTED}): {_listing(dtypes)}")
+        config = config_name or "the .json"
         raise WeightsError(
-            f"{path}: checkpoint does not match the model built from its .json (" + "; ".join(parts)
-            + "); re-download the checkpoint, or check that the .json beside it belongs to the same file")
+            f"{path}: checkpoint does not match the model built from {config} (" + "; ".join(parts)
+            + f"); re-download the checkpoint, or check that {config} beside it belongs to the same file")
     return source
 
 
 def _open_strict(path: str | Path, expected: Mapping[str, Tensor], fixes: KeyFix | None, read: bool,
-                 device: str | torch.device) -> dict[str, Tensor]:
+                 device: str | torch.device, config_name: str | None) -> dict[str, Tensor]:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -126,7 +129,7 @@ def _open_strict(path: str | Path, expected: Mapping[str, Tensor], fixes: KeyFix
     out: dict[str, Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            source = _plan(f, path, expected, fixes or {})
+            source = _plan(f, path, expected, fixes or {}, config_name)
             if not read:
                 return out
             dtypes = []
@@ -145,19 +148,20 @@ def _open_strict(path: str | Path, expected: Mapping[str, Tensor], fixes: KeyFix
     return out
 
 
-def check_strict(path: str | Path, expected: Mapping[str, Tensor], *, fixes: KeyFix | None = None) -> None:
+def check_strict(path: str | Path, expected: Mapping[str, Tensor], *, fixes: KeyFix | None = None,
+                 config_name: str | None = None) -> None:
     """What :func:`read_strict` checks, from the file's header alone (no tensor is read): cheap, for checking a
     whole pipeline before its first model loads."""
-    _open_strict(path, expected, fixes, False, "cpu")
+    _open_strict(path, expected, fixes, False, "cpu", config_name)
 
 
 def read_strict(path: str | Path, expected: Mapping[str, Tensor], *, fixes: KeyFix | None = None,
-                device: str | torch.device = "cpu") -> dict[str, Tensor]:
+                device: str | torch.device = "cpu", config_name: str | None = None) -> dict[str, Tensor]:
     """Read ``path`` (memory-mapped) into a state dict matching ``expected`` exactly.
 
     ``expected`` maps key -> a tensor (meta is fine) whose shape must match and whose dtype each loaded tensor is
     cast to. ``fixes`` renames or drops file keys first. Raises ``WeightsError`` naming the file and listing
     missing, unexpected, mis-shaped keys and keys whose dtype cannot be cast losslessly (:func:`dtype_mismatch`),
-    or saying the file is truncated/corrupt.
+    or saying the file is truncated/corrupt. ``config_name`` names the model config the expectation came from.
     """
-    return _open_strict(path, expected, fixes, True, device)
+    return _open_strict(path, expected, fixes, True, device, config_name)

@@ -188,6 +188,10 @@ class DinoV3FeatureExtractor(nn.Module):
         expected = vit.state_dict()
         sd = _remap_keys(_read_state_dict(files), set(expected))
         _check_strict(where, sd, expected)
+        from ..loading.safetensors_io import check_dtypes, dtype_mismatch  # loading imports models: not at the top
+
+        check_dtypes(where, [line for k in sorted(sd) if (line := dtype_mismatch(k, sd[k].dtype, expected[k].dtype))],
+                     f"re-download the DINOv3 weights (https://huggingface.co/{DEFAULT_MODEL_NAME})")
         sd = {k: v.to(device=device, dtype=torch.float32) if v.is_floating_point() else v.to(device)
               for k, v in sd.items()}  # §13.33: always fp32, whatever the file or transformers default
         vit.load_state_dict(sd, strict=True, assign=True)

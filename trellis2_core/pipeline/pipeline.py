@@ -21,6 +21,7 @@ from ..loading import (
     resolve_pipeline_dir,
 )
 from ..models.streaming import weights_on_device
+from ..params import check_device_name, check_dtype_name
 from ..preprocess import preprocess_image
 from .sampler import SamplerParams
 from .stages import (
@@ -72,7 +73,10 @@ class Pipeline:
                         device: str | torch.device = "cpu", dtype_override: torch.dtype | str | None = None,
                         offline: bool | None = None, vram_preset: str = "high") -> "Pipeline":
         """Resolve ``source`` (folder, ComfyUI models-dir name or HF repo id) and set up lazy model loading;
-        ``vram_preset`` ('high', 'medium', 'low', 'auto') as in :class:`~trellis2_core.loading.ModelStore`."""
+        ``vram_preset`` ('high', 'medium', 'low', 'auto') as in :class:`~trellis2_core.loading.ModelStore`.
+        Nothing is loaded yet (see :meth:`check_ready`)."""
+        check_device_name(device)
+        check_dtype_name(dtype_override, "dtype_override")
         root = resolve_pipeline_dir(source, models_dir=models_dir, offline=offline)
         config = PipelineConfig.from_pipeline_json(root)
         store = ModelStore(config, device=device, dtype_override=dtype_override, offline=offline,
@@ -88,7 +92,8 @@ class Pipeline:
             residency = getattr(self.models, "residency", None)
             offloads = residency is not None and residency.offloads
             model = load_image_cond_model(self.config, models_dir=self.models_dir,
-                                          device="cpu" if offloads else device)
+                                          device="cpu" if offloads else device,
+                                          offline=getattr(self.models, "offline", None))
             self._image_cond_model = self.models.adopt(IMAGE_COND_KEY, model) if offloads else model
         return self._image_cond_model
 
