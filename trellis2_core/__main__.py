@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from typing import Any, Sequence
 
 from .config import ATTENTION_CHOICES  # torch-free, like everything the parser needs
@@ -189,7 +190,7 @@ def _fail(bars: _Bars, message: str, verbose: bool, status: int = 2) -> int:
     """Close the bars, print one ``error:`` line (the traceback too with ``-v``), return ``status``."""
     bars.close(failed=True)
     if verbose:
-        log.exception("traceback")
+        traceback.print_exc(file=sys.stderr)
     print(f"error: {message}", file=sys.stderr)
     return status
 

@@ -27,7 +27,7 @@ from .pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS, DEFAULT_SEED, Pipeline, P
 from .pipeline.stages import StageHooks
 from .postprocess import ExportConfig, ExportReport, export_glb, fill_holes
 from .preprocess.background import BiRefNetMatting, Matting, load_matting_model, prepare_image, resolve_background
-from .preprocess.image import check_image_size
+from .preprocess.image import MIN_FOREGROUND_SIDE, check_image_size
 from .sparse import SparseTensor
 
 __all__ = ["image_to_glb", "ImageToGlbResult", "Progress", "DEFAULT_PIPELINE", "load_image", "load_mask",
@@ -238,6 +238,9 @@ def image_to_glb(
     img = load_image(image)
     mask_img = load_mask(mask)
     check_image_size(img)
+    if max(img.size) < MIN_FOREGROUND_SIDE:  # no matte can find an object worth conditioning on in it
+        raise InputError(f"foreground too small: {max(img.size)} px (the image is {img.width}x{img.height} px; an "
+                         f"object needs at least {MIN_FOREGROUND_SIDE} px); pass a bigger picture of the object")
     mode = resolve_background(img, args.background, mask_img)
     cond_image = None if mode == "model" else prepare_image(img, background=args.background, mask=mask_img)
     timings["background"] = time.perf_counter() - clock  # the matting model's time is added below
