@@ -375,3 +375,24 @@ def test_normalisation_of_the_wrong_width_is_a_weights_error():
     norm = Normalization((0.0, 0.0), (1.0, 1.0))
     with pytest.raises(WeightsError, match="pipeline.json"):
         norm.normalize(torch.zeros(3, 5))
+
+
+def test_hub_download_errors(monkeypatch):
+    import sys
+
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from trellis2_core.errors import BackendError
+    from trellis2_core.loading.sources import HubMiss, hub_download
+
+    def missing_entry(*_a, **_k):
+        raise EntryNotFoundError("404: ckpts/x.json not in acme/repo")  # no OSError in huggingface_hub >= 1
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing_entry)
+    with pytest.raises(HubMiss, match="EntryNotFoundError: 404"):
+        hub_download("acme/repo", "ckpts/x.json", offline=True)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(BackendError, match=r"getting acme/repo/ckpts/x.json from Hugging Face needs "
+                                           r"huggingface_hub>=0.24.*pip install"):
+        hub_download("acme/repo", "ckpts/x.json", offline=True)
