@@ -21,7 +21,7 @@ from ..loading import (
     resolve_pipeline_dir,
 )
 from ..models.streaming import weights_on_device
-from ..params import check_device_name, check_dtype_name
+from ..params import check_device_name, check_dtype_name, check_max_num_tokens, check_seed
 from ..preprocess import preprocess_image
 from .sampler import SamplerParams
 from .stages import (
@@ -174,9 +174,11 @@ class Pipeline:
                               fast: FastPathConfig | None = None) -> PipelineResult:
         """Sampling and decoding from precomputed conditioning; noise order SS, shape (LR, HR), texture (§1.5)."""
         ptype = self._type(pipeline_type)
+        seed = check_seed(seed)
+        check_max_num_tokens(max_num_tokens)
         samplers = samplers or SamplerOverrides()
         gen = torch.Generator(device="cpu")
-        gen.manual_seed(int(seed))
+        gen.manual_seed(seed)
         get = self.models
         structure = sample_structure(
             get("sparse_structure_flow_model"), get("sparse_structure_decoder"), cond.at(512),
