@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from trellis2_core.config import FastPathConfig
-from trellis2_core.errors import CancelledError, OutOfMemoryError, WeightsError
+from trellis2_core.errors import CancelledError, InputError, OutOfMemoryError, WeightsError
 from trellis2_core.loading import resolve_model_files
 from trellis2_core.loading.residency import VRAM_PRESETS
 from trellis2_core.pipeline.pipeline import Pipeline
@@ -40,7 +40,7 @@ def resolve_preset(preset: str, device: torch.device) -> str:
     """``auto`` → ``high`` on CPU/MPS or GPUs with ≥ 32 GiB, ``medium`` from 16 GiB, else ``low`` (by total memory:
     ComfyUI frees its own models for ours when asked)."""
     if preset not in VRAM_PRESETS:
-        raise ValueError(f"vram_preset must be one of {', '.join(VRAM_PRESETS)}, got {preset!r}")
+        raise InputError(f"vram_preset must be one of {', '.join(VRAM_PRESETS)}, got {preset!r}")
     if preset != "auto":
         return preset
     if device.type != "cuda":

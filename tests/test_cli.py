@@ -120,3 +120,14 @@ def test_cli_help_runs():
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
+
+
+def test_cli_checks_options_before_looking_for_the_pipeline(tmp_path):
+    """A real process: a bad option is reported (exit 2, one line, no traceback) before the pipeline is resolved,
+    even when the pipeline does not exist either."""
+    proc = _run_cli([str(_image()), "-o", str(tmp_path / "o.glb"), "--pipeline", str(tmp_path / "nothing"),
+                     "--max-tokens", "0"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: --max-tokens must be in 1..1000000, got 0; token cap of the "
+                                                "1536/2048 cascades (official 49152; lower it when out of memory)"]

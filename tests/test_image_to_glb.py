@@ -248,3 +248,18 @@ def test_mask_files_use_alpha_or_luminance(tmp_path):
         assert m.mode == "L" and np.array_equal(np.asarray(m) > 127, bw[..., 0] > 127), name
     arr = np.ones((4, 4), bool)
     assert load_mask(arr) is arr
+
+
+def test_export_as_a_dict_and_a_phone_photo_with_exif_rotation(pipe, tmp_path):
+    """``export`` may be a dict of ExportConfig fields; a file whose EXIF says 'rotate' is used upright."""
+    with Image.open(_images()[0]) as src:
+        upright = src.convert("RGBA")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a phone stores it; EXIF 6 turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = tmp_path / "phone.png"
+    stored.save(photo, exif=exif.tobytes())
+    result = image_to_glb(photo, tmp_path / "phone.glb", pipeline=pipe, pipeline_type="512", steps=1,
+                          export={"texture_size": 256, "target_faces": 5_000})
+    assert result.path.is_file() and result.export.faces <= 5_000
+    assert np.array_equal(np.asarray(result.image), np.asarray(prepare_image(upright)))

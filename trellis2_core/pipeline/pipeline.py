@@ -16,8 +16,12 @@ from PIL import Image
 from torch import nn
 
 from ..config import FastPathConfig
-from ..loading import ModelStore, PipelineConfig, as_config, load_image_cond_model, resolve_pipeline_dir
+from ..loading import (
+    ModelStore, PipelineConfig, as_config, check_model, load_image_cond_model, resolve_image_cond_folder,
+    resolve_pipeline_dir,
+)
 from ..models.streaming import weights_on_device
+from ..params import check_device_name, check_dtype_name, check_max_num_tokens, check_seed
 from ..preprocess import preprocess_image
 from .sampler import SamplerParams
 from .stages import (
@@ -69,7 +73,10 @@ class Pipeline:
                         device: str | torch.device = "cpu", dtype_override: torch.dtype | str | None = None,
                         offline: bool | None = None, vram_preset: str = "high") -> "Pipeline":
         """Resolve ``source`` (folder, ComfyUI models-dir name or HF repo id) and set up lazy model loading;
-        ``vram_preset`` ('high', 'medium', 'low', 'auto') as in :class:`~trellis2_core.loading.ModelStore`."""
+        ``vram_preset`` ('high', 'medium', 'low', 'auto') as in :class:`~trellis2_core.loading.ModelStore`.
+        Nothing is loaded yet (see :meth:`check_ready`)."""
+        check_device_name(device)
+        check_dtype_name(dtype_override, "dtype_override")
         root = resolve_pipeline_dir(source, models_dir=models_dir, offline=offline)
         config = PipelineConfig.from_pipeline_json(root)
         store = ModelStore(config, device=device, dtype_override=dtype_override, offline=offline,
@@ -85,7 +92,8 @@ class Pipeline:
             residency = getattr(self.models, "residency", None)
             offloads = residency is not None and residency.offloads
             model = load_image_cond_model(self.config, models_dir=self.models_dir,
-                                          device="cpu" if offloads else device)
+                                          device="cpu" if offloads else device,
+                                          offline=getattr(self.models, "offline", None))
             self._image_cond_model = self.models.adopt(IMAGE_COND_KEY, model) if offloads else model
         return self._image_cond_model
 
@@ -97,6 +105,41 @@ class Pipeline:
             cond_512 = extractor.features(image, 512)
             cond_1024 = extractor.features(image, 1024) if ptype.resolution != 512 else None
         return Conditioning(cond_512, cond_1024)
+
+    @property
+    def image_cond_model_loaded(self) -> bool:
+        """Whether the DINOv3 conditioner is already in memory (given or loaded)."""
+        return self._image_cond_model is not None
+
+    # ------------------------------------------------------------------ checks
+    def check_ready(self, pipeline_type: PipelineType | str | None = None,
+                    samplers: SamplerOverrides | None = None, *, label: str = "pipeline type") -> PipelineType:
+        """Check, before any model loads, that a run of ``pipeline_type`` with ``samplers`` can start.
+
+        Every stage's sampler settings (pipeline.json merged with the overrides) are valid, the normalisations
+        exist, and for each model the run needs that is not loaded yet: its checkpoint files exist, its .json
+        builds the model and the safetensors header matches it (keys, shapes, dtypes; no tensor is read). The DINOv3
+        folder is located. Models from a custom getter (not a :class:`ModelStore`) are not checked.
+
+        Raises:
+            InputError: bad pipeline type or sampler settings (``label`` names the type's flag/widget).
+            WeightsError: a missing or broken checkpoint, naming the file and the fix.
+        """
+        ptype = pipeline_type if isinstance(pipeline_type, PipelineType) else PipelineType.parse(
+            pipeline_type or self.config.default_pipeline_type, label)
+        samplers = samplers or SamplerOverrides()
+        for stage in ("sparse_structure", "shape_slat", "tex_slat"):
+            self.sampler_params(stage, getattr(samplers, stage))
+        for latent in ("shape_slat", "tex_slat"):
+            self.config.normalization(latent)
+        store = self.models
+        if isinstance(store, ModelStore):
+            for key in ptype.model_keys:
+                if key not in store:
+                    check_model(self.config, key, dtype_override=store.dtype_override, offline=store.offline)
+            if self._image_cond_model is None:
+                resolve_image_cond_folder(self.config, models_dir=self.models_dir, offline=store.offline)
+        return ptype
 
     # ------------------------------------------------------------------ runs
     def _type(self, pipeline_type: PipelineType | str | None) -> PipelineType:
@@ -131,9 +174,11 @@ class Pipeline:
                               fast: FastPathConfig | None = None) -> PipelineResult:
         """Sampling and decoding from precomputed conditioning; noise order SS, shape (LR, HR), texture (§1.5)."""
         ptype = self._type(pipeline_type)
+        seed = check_seed(seed)
+        check_max_num_tokens(max_num_tokens)
         samplers = samplers or SamplerOverrides()
         gen = torch.Generator(device="cpu")
-        gen.manual_seed(int(seed))
+        gen.manual_seed(seed)
         get = self.models
         structure = sample_structure(
             get("sparse_structure_flow_model"), get("sparse_structure_decoder"), cond.at(512),

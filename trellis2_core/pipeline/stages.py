@@ -9,7 +9,6 @@ PyTorch's global RNG.
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Union
 
@@ -20,6 +19,7 @@ from ..config import FastPathConfig
 from ..errors import InputError
 from ..loading.config import Normalization
 from ..mesh.types import Mesh, PbrVoxels
+from ..params import parse_pipeline_type
 from ..models.structure_decoder import occupancy_to_coords
 from ..models.streaming import execution_device, is_offloaded, weights_on_device
 from ..models.texture_decoder import pbr_voxels
@@ -35,7 +35,6 @@ __all__ = [
 
 Latent = Union[Tensor, SparseTensor]
 LR_RESOLUTION = 512  # §1.3: the cascade's LR stage always decodes to 512³
-_TYPE = re.compile(r"^(\d+)(_cascade)?$")
 
 
 @dataclass(frozen=True)
@@ -48,18 +47,15 @@ class PipelineType:
     cascade: bool
 
     @classmethod
-    def parse(cls, name: str) -> "PipelineType":
-        """'512', '1024', '1024_cascade', '1536_cascade' (and larger ``N_cascade``, N = 1024 + k·128)."""
-        m = _TYPE.match(str(name))
-        if m is None:
-            raise InputError(f"unknown pipeline type {name!r}; use '512', '1024', '1024_cascade' or '1536_cascade'")
-        res, cascade = int(m.group(1)), m.group(2) is not None
+    def parse(cls, name: str, label: str = "pipeline type") -> "PipelineType":
+        """'512', '1024', '1024_cascade', '1536_cascade' (and ``N_cascade``, N = 1024 + k·128 up to 2048).
+
+        Raises:
+            InputError: not a pipeline type, naming ``label`` (the flag or widget the user set).
+        """
+        res, cascade = parse_pipeline_type(name, label)
         if cascade:
-            if res < 1024 or (res - 1024) % 128:
-                raise InputError(f"cascade resolution must be 1024 + k·128 (1024, 1152, …, 1536), got {name!r}")
             return cls(str(name), 32, res, True)
-        if res not in (512, 1024):
-            raise InputError(f"pipeline type {name!r}: without cascade only '512' and '1024' exist")
         return cls(str(name), 32 if res == 512 else 64, res, False)
 
     @property
@@ -70,6 +66,13 @@ class PipelineType:
     @property
     def tex_model(self) -> str:
         return "tex_slat_flow_model_512" if self.resolution == 512 else "tex_slat_flow_model_1024"
+
+    @property
+    def model_keys(self) -> tuple[str, ...]:
+        """The pipeline models a run of this type uses, in stage order."""
+        shape = (("shape_slat_flow_model_512", "shape_slat_flow_model_1024") if self.cascade else (self.shape_model,))
+        return ("sparse_structure_flow_model", "sparse_structure_decoder", *shape, self.tex_model,
+                "shape_slat_decoder", "tex_slat_decoder")
 
     @property
     def cond_resolution(self) -> int:
