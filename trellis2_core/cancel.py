@@ -45,11 +45,11 @@ class _Poller:
         self._last = -float("inf")
         self._hit = False
 
-    def __call__(self) -> bool:
+    def __call__(self, force: bool = False) -> bool:
         if self._hit:
             return True
         now = time.monotonic()
-        if now - self._last < self.interval:
+        if not force and now - self._last < self.interval:
             return False
         self._last = now
         self._hit = bool(self.poll())
@@ -79,10 +79,13 @@ def cancel_requested() -> bool:
     return any(p() for p in _ACTIVE.get())
 
 
-def checkpoint(where: str) -> None:
-    """Raise :class:`CancelledError` ("cancelled during <where>") if any active poll says so."""
+def checkpoint(where: str, *, force: bool = False) -> None:
+    """Raise :class:`CancelledError` ("cancelled during <where>") if any active poll says so.
+
+    ``force`` asks every poll now, regardless of its rate limit (stage boundaries use it, so a poll that turns
+    true on a stage's progress report is seen before the next stage starts)."""
     polls = _ACTIVE.get()
-    if polls and any(p() for p in polls):
+    if polls and any(p(force) for p in polls):
         raise CancelledError(f"cancelled during {where}")
 
 

@@ -12,7 +12,8 @@ grid points (§9.2). This module answers the same queries with plain, vectorised
   ring cannot hold anything closer. The answer is exact (the same distance a brute-force search finds); points
   with nothing within ``max_distance`` get face ``-1``.
 
-Work is done in chunks of candidate pairs, so memory stays bounded (about ``_PAIR_BATCH`` × 150 bytes).
+Work is done in chunks of candidate pairs, so memory stays bounded (about ``_PAIR_BATCH`` × 150 bytes); each chunk
+polls for cancellation (:func:`~trellis2_core.cancel.checkpoint`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..cancel import checkpoint
 from ..errors import InputError
 
 __all__ = ["ClosestPoints", "TriangleGrid", "closest_point_on_triangles", "closest_points", "sorted_positions"]
@@ -319,6 +321,7 @@ class TriangleGrid:
         step = max(1, _PAIR_BATCH // (4 * width ** 3))
         h = self.cell_size
         for s in range(0, alive.numel(), step):
+            checkpoint("closest-point search")
             q = alive[s:s + step]
             hq = home.index_select(0, q)
             cell = hq[:, :, None] + offs  # [k, 3, L] per-axis cell index
@@ -346,6 +349,7 @@ class TriangleGrid:
         Faces whose lower bound — the larger of the bounding-box gap and the distance to the face's plane — is not
         below the point's best are skipped before the exact test."""
         for b0, b1 in _batches(count, _PAIR_BATCH):
+            checkpoint("closest-point search")
             o, rank = _expand(count[b0:b1])
             qid = owner[b0:b1].index_select(0, o)
             fid = self.entry_face.index_select(0, start[b0:b1].index_select(0, o) + rank)
