@@ -75,6 +75,7 @@ def rasterize_positions(uvs: Tensor, faces: Tensor, positions: Tensor, size: int
     uv_px = (uvs.to(torch.float32) * size).contiguous()
     f64 = faces.to(torch.int64)
     face_id = _raster(uv_px, faces.to(torch.int32).contiguous(), size, policy)  # [T, T] int32
+    checkpoint("texture rasterisation")
     covered = face_id >= 0
     flat = covered.reshape(-1).nonzero().squeeze(1)
     fid = face_id.reshape(-1).index_select(0, flat).to(torch.int64)
@@ -95,8 +96,10 @@ def rasterize_positions(uvs: Tensor, faces: Tensor, positions: Tensor, size: int
     w_c = (1.0 - (k[0] + k[1] * px + k[2] * py) - (k[3] + k[4] * px + k[5] * py)).clamp_(min=0.0)
     norm = (w_a + w_b + w_c).clamp_(min=1e-12)
     w_a, w_b, w_c = w_a / norm, w_b / norm, w_c / norm
+    checkpoint("texture rasterisation")
     pos = corner.index_select(1, fid)  # [9, K]
     points = torch.stack([w_a * pos[i] + w_b * pos[3 + i] + w_c * pos[6 + i] for i in range(3)], dim=1)
+    checkpoint("texture rasterisation")
     return covered, points
 
 
@@ -281,6 +284,7 @@ def fill_uncovered(image: Tensor, covered: Tensor, dilate_rounds: int = 3) -> Te
         checkpoint("texture seam fill")
         up = F.interpolate(filled, size=ws.shape[-2:], mode="nearest")
         filled = torch.where(ws > 0, xs / ws.clamp(min=1e-12), up)
+    checkpoint("texture seam fill")
     up = F.interpolate(filled, size=wt.shape[-2:], mode="nearest")[0].permute(1, 2, 0)
     out = torch.where(known[..., None], values, up)
     return out.round().clamp(0, 255).to(torch.uint8).contiguous()
@@ -306,6 +310,7 @@ def bake_pbr_textures(uvs: Tensor, faces: Tensor, positions: Tensor, voxels: Pbr
     texels = torch.zeros(size * size, 6, dtype=torch.uint8, device=uvs.device)
     texels[covered.reshape(-1)] = to_uint8(attrs)
     texels = fill_uncovered(texels.view(size, size, 6), covered)
+    checkpoint("texture baking")
     lay = PBR_LAYOUT
     rgba = torch.cat((texels[..., lay["base_color"]], texels[..., lay["alpha"]]), dim=-1)
     mr = torch.cat((torch.zeros_like(texels[..., :1]), texels[..., lay["roughness"]], texels[..., lay["metallic"]]),

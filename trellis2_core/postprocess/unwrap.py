@@ -210,6 +210,7 @@ def unwrap_uv(
     check_number(compactness, "unwrap compactness", 0.0, 100.0)
     vertices, faces = mesh.vertices, mesh.faces
     chart, axis, _ = cluster_charts(vertices, faces, max_cone_angle, compactness)
+    checkpoint("UV unwrapping")
     table = edge_table(faces, mesh.num_vertices)
     ha, hb = table.manifold_pairs()
     adjacency = (ha // 3, hb // 3)
@@ -220,6 +221,7 @@ def unwrap_uv(
     scale = None
     for split_round in range(_MAX_SPLIT_ROUNDS + 1):
         vmap, vchart, faces_uv, local = _project(vertices, faces, chart, axis)
+        checkpoint("UV unwrapping")
         if scale is None:
             scale = _initial_scale(local, faces_uv, grid)
         cells, overlap = _chart_cells(local * scale, faces_uv, chart, axis.shape[0])
