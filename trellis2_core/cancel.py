@@ -60,14 +60,16 @@ _ACTIVE: contextvars.ContextVar[tuple[_Poller, ...]] = contextvars.ContextVar("t
 
 
 @contextlib.contextmanager
-def cancel_scope(poll: Poll | None, *, interval: float = DEFAULT_INTERVAL) -> Iterator[None]:
-    """Make ``poll`` an active cancellation poll inside the block (``None``: no change; outer polls stay active)."""
+def cancel_scope(poll: Poll | None, *, interval: float | None = None) -> Iterator[None]:
+    """Make ``poll`` an active cancellation poll inside the block (``None``: no change; outer polls stay active).
+
+    ``interval``: least seconds between two calls of ``poll`` (default :data:`DEFAULT_INTERVAL`)."""
     if poll is None:
         yield
         return
     if not callable(poll):
         raise InputError(f"a cancel poll must be a function returning True/False, got {type(poll).__name__}")
-    token = _ACTIVE.set(_ACTIVE.get() + (_Poller(poll, interval),))
+    token = _ACTIVE.set(_ACTIVE.get() + (_Poller(poll, DEFAULT_INTERVAL if interval is None else interval),))
     try:
         yield
     finally:
@@ -99,18 +101,27 @@ def _modules_of(obj: Any) -> list[nn.Module]:
 
 
 def hook_points(root: nn.Module) -> list[nn.Module]:
-    """``root`` and the outermost members of its module containers (the repeated blocks), without duplicates."""
+    """``root`` and the outermost members of its module containers (the repeated blocks), without duplicates.
+
+    Members of nested ``ModuleList``/``ModuleDict`` containers (which have no forward of their own) count as
+    blocks; a block itself is never entered."""
     points: list[nn.Module] = [root]
     seen = {id(root)}
+
+    def add_members(container: nn.Module) -> None:
+        for block in container.children():
+            if isinstance(block, (nn.ModuleList, nn.ModuleDict)):
+                add_members(block)  # a list of lists: its members are the blocks
+            elif id(block) not in seen:  # a block is never entered: no hook inside compiled graphs
+                seen.add(id(block))
+                points.append(block)
+
     stack = [root]
     while stack:
         module = stack.pop()
         for child in module.children():
             if isinstance(child, (nn.ModuleList, nn.ModuleDict, nn.Sequential)):
-                for block in child.children():
-                    if id(block) not in seen:  # a block is never entered: no hook inside compiled graphs
-                        seen.add(id(block))
-                        points.append(block)
+                add_members(child)
             elif id(child) not in seen:
                 seen.add(id(child))
                 stack.append(child)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..cancel import cancel_on_forward, cancel_scope
 from ..config import FastPathConfig
 from ..loading import ModelStore, PipelineConfig, as_config, load_image_cond_model, resolve_pipeline_dir
 from ..models.streaming import weights_on_device
@@ -93,7 +94,7 @@ class Pipeline:
         """DINOv3 tokens at 512 px and, unless the type is '512', at 1024 px (§1.1 stage 1)."""
         ptype = self._type(pipeline_type)
         extractor = self.image_cond_model
-        with weights_on_device(extractor):
+        with weights_on_device(extractor), cancel_on_forward(extractor, where="image conditioning (DINOv3)"):
             cond_512 = extractor.features(image, 512)
             cond_1024 = extractor.features(image, 1024) if ptype.resolution != 512 else None
         return Conditioning(cond_512, cond_1024)
@@ -152,5 +153,7 @@ class Pipeline:
             get(ptype.tex_model), cond.at(ptype.cond_resolution), shape.slat,
             self.sampler_params("tex_slat", samplers.tex_slat), shape_norm, self.config.normalization("tex_slat"),
             gen, hooks, fast=fast)
-        decoded = decode(get("shape_slat_decoder"), get("tex_slat_decoder"), shape.slat, material.slat, shape.res)
+        with cancel_scope(hooks.should_cancel):  # decoders poll between their blocks
+            decoded = decode(get("shape_slat_decoder"), get("tex_slat_decoder"), shape.slat, material.slat,
+                             shape.res)
         return PipelineResult(ptype, int(seed), cond, structure, shape, material, decoded)
