@@ -32,7 +32,8 @@ def _keep_faces(mesh: Mesh, keep: Tensor) -> Mesh:
 
 
 def remove_degenerate_faces(mesh: Mesh, abs_area: float = 1e-24, rel_area: float = 1e-12) -> Mesh:
-    """Drop faces with a repeated vertex or with area ``< min(rel_area · ℓmax², abs_area)`` (§9.4 step 1)."""
+    """Drop faces with a repeated vertex or with area ``< min(rel_area · ℓmax², abs_area)`` (§9.4 step 1), and
+    faces of zero area (also three distinct vertices at one point, where that threshold is 0 too)."""
     if mesh.num_faces == 0:
         return mesh
     f = mesh.faces
@@ -40,7 +41,7 @@ def remove_degenerate_faces(mesh: Mesh, abs_area: float = 1e-24, rel_area: float
     p = mesh.vertices[f.to(torch.int64)]  # [F, 3, 3]
     _, area = face_geometry(mesh.vertices, f)
     lmax2 = (p - p.roll(1, dims=1)).square().sum(-1).amax(dim=1)  # [F]
-    tiny = area < torch.clamp(rel_area * lmax2, max=abs_area)
+    tiny = (area < torch.clamp(rel_area * lmax2, max=abs_area)) | (area <= 0)
     return _keep_faces(mesh, ~(repeated | tiny))
 
 

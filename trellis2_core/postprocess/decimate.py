@@ -8,6 +8,8 @@ result depends on its version, §13 item 31) but minimises the same quadric erro
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -48,7 +50,12 @@ def decimate_mesh(mesh: Mesh, target_faces: int, aggressiveness: float = 7.0) ->
     fs = _simplifier()
     checkpoint("decimation")
     device = mesh.vertices.device
-    points = mesh.vertices.detach().to("cpu", torch.float64).numpy()
+    # fast-simplification's collapse thresholds are absolute: work at a power-of-two scale with the longest side in
+    # [0.5, 1) (exact: no rounding; a decoder mesh in the unit cube keeps scale 1), so any size decimates alike
+    points64 = mesh.vertices.detach().to("cpu", torch.float64)
+    extent = float((points64.amax(0) - points64.amin(0)).max())
+    scale = 2.0 ** -math.ceil(math.log2(extent)) if extent > 0 else 1.0
+    points = (points64 * scale).numpy()
     triangles = mesh.faces.detach().to("cpu", torch.int32).numpy()
     try:
         out_points, out_faces = fs.simplify(points, triangles, target_count=int(target_faces),
@@ -62,6 +69,6 @@ def decimate_mesh(mesh: Mesh, target_faces: int, aggressiveness: float = 7.0) ->
         raise InputError(f"decimating {mesh.num_faces} faces to target_faces={target_faces} left no face; raise "
                          "target_faces (a closed surface needs at least a few dozen) or set it to 0 to keep the "
                          "mesh as it is")
-    vertices = torch.from_numpy(np.ascontiguousarray(out_points, dtype=np.float32)).to(device)
+    vertices = torch.from_numpy(np.ascontiguousarray(np.asarray(out_points) / scale, dtype=np.float32)).to(device)
     faces = torch.from_numpy(np.ascontiguousarray(out_faces, dtype=np.int32)).to(device)
     return Mesh(vertices, faces)
