@@ -85,8 +85,9 @@ class Trellis2DecimateMesh:
         with comfy_errors():
             for item in mesh:
                 work = clean_mesh(item.mesh, float(min_component_area), orient=False)
-                work = clean_mesh(decimate_mesh(work, int(target_faces)))
-                work, _ = remove_unreferenced_vertices(work)
+                if work.num_faces > 0:
+                    work = clean_mesh(decimate_mesh(work, int(target_faces)))
+                    work, _ = remove_unreferenced_vertices(work)
                 if work.num_faces == 0:
                     raise InputError("no faces are left after clean-up (every face was degenerate, duplicate or in "
                                      "a piece smaller than min_component_area); lower min_component_area")
