@@ -140,6 +140,12 @@ def write_glb(
 
     ``png_compress_level`` is zlib's level for PNG textures (0–9; 3 halves the encoding time of Pillow's default 6
     for files ~25 % larger). WebP textures use Pillow's defaults (lossy, quality 80, method 4), as official.
+
+    ``path`` must end in ``.glb`` and may not be an existing directory/device/FIFO (checked before encoding; see
+    :mod:`.output_file`); missing folders are created. Raises :class:`InputError` for bad options, non-finite or
+    out-of-range geometry and path/disk problems (one line with the fix), and
+    :class:`~trellis2_core.errors.CancelledError` when an active cancel poll fires before the final rename; in
+    every failure case no file (and no temporary file) is left and an existing file at ``path`` is unchanged.
     """
     if alpha_mode not in ALPHA_MODES:
         raise InputError(f"alpha_mode must be one of {', '.join(ALPHA_MODES)}, got {alpha_mode!r}")
