@@ -119,7 +119,8 @@ class Pipeline:
         ptype = self._type(pipeline_type)
         if preprocess:
             image = preprocess_image(image, mask)
-        cond = self.condition(image, ptype)
+        with cancel_scope(hooks.should_cancel):  # DINOv3 polls between its blocks
+            cond = self.condition(image, ptype)
         return self.run_from_conditioning(cond, seed=seed, pipeline_type=ptype, samplers=samplers,
                                           max_num_tokens=max_num_tokens, hooks=hooks, fast=fast)
 
