@@ -12,7 +12,9 @@ One mechanism serves every stage:
 * :func:`cancel_on_forward` registers forward pre-hooks that call :func:`checkpoint` on a model's root and on the
   outermost members of its ``ModuleList``/``ModuleDict``/``Sequential`` containers (the transformer / decoder
   blocks), so a model forward that takes seconds stops at the next block without any change to model code. It
-  never descends into a block, so blocks compiled with ``torch.compile`` see no hook inside their graph.
+  never descends into a block, so blocks compiled with ``torch.compile`` see no hook inside their graph, and it
+  stays silent while a CUDA graph is being captured (graph replays run no Python at all; the sampler still polls
+  between its steps).
 
 Checkpoints only ever run in the thread (and context) that opened the scope; worker threads (e.g. texture encoding)
 do not poll.
@@ -24,6 +26,7 @@ import contextvars
 import time
 from typing import Any, Callable, Iterator
 
+import torch
 from torch import nn
 
 from .errors import CancelledError, InputError
@@ -135,7 +138,11 @@ def cancel_on_forward(*models: Any, where: str = "a model forward", poll: Poll |
     ``models`` are modules or objects holding modules (``None`` is skipped); ``poll`` (optional) is made active for
     the block as by :func:`cancel_scope`. The hooks are removed on exit, also when the block raises.
     """
+    cuda = torch.cuda.is_available()
+
     def hook(_module: nn.Module, _args: tuple) -> None:
+        if cuda and torch.cuda.is_current_stream_capturing():
+            return  # never raise inside a CUDA-graph capture (replays run no Python; the sampler polls per step)
         checkpoint(where)
 
     handles = []
