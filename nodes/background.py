@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from trellis2_core.cancel import cancel_on_forward
 from trellis2_core.errors import CancelledError, InputError
 from trellis2_core.preprocess.background import DEFAULT_MATTING_MODEL, load_matting_model, remove_background
 from trellis2_core.preprocess.image import MIN_FOREGROUND_SIDE, attach_mask, downscale, has_usable_alpha
@@ -122,7 +123,8 @@ class Trellis2RemoveBackground:
                 if mode == "model" and matting is None:
                     matting = self._matting(matting_model, pipeline)
                 try:
-                    out.append(self._cut(pil, mode, item_mask, invert_mask, max_size, matting))
+                    with cancel_on_forward(matting, where="background removal"):  # Cancel between matting blocks
+                        out.append(self._cut(pil, mode, item_mask, invert_mask, max_size, matting))
                 except InputError as err:
                     raise InputError(f"{title}: image {i}: {err}") from err
                 progress.advance()

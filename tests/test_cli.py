@@ -80,8 +80,8 @@ def test_cli_bad_inputs_exit_2(tmp_path, capsys):
     tiny = require_tiny_pipeline()
     assert main([str(tmp_path / "missing.png"), "-o", str(tmp_path / "o.glb"), *_fast(tiny)]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main([str(_image()), "-o", str(tmp_path / "nodir" / "o.glb"), *_fast(tiny)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert main([str(_image()), "-o", str(tmp_path / "o.obj"), *_fast(tiny)]) == 2  # missing folders are created
+    assert "must end in '.glb'" in capsys.readouterr().err
     assert main([str(_image()), "-o", str(tmp_path / "o.glb"), *_fast(tiny), "--texture-size", "7"]) == 2
     assert "texture_size" in capsys.readouterr().err
     assert main([str(_image()), "-o", str(tmp_path / "o.glb"), *_fast(tiny), "--type", "777"]) == 2

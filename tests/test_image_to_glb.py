@@ -7,6 +7,7 @@ matting model) with fewer sampler steps; the slow test runs every asset image bo
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -135,8 +136,12 @@ def test_every_asset_image_to_glb(pipe, matting_folder, tmp_path, index, variant
 # ---------------------------------------------------------------------------------------------- bad inputs
 def test_unwritable_output_path_fails_before_any_work(tmp_path):
     image = Image.new("RGBA", (32, 32))
-    with pytest.raises(InputError, match="does not exist"):
-        image_to_glb(image, tmp_path / "missing" / "out.glb", pipeline=tmp_path / "no-pipeline-here")
+    with pytest.raises(InputError, match=r"must end in '\.glb'"):
+        image_to_glb(image, tmp_path / "missing" / "out.obj", pipeline=tmp_path / "no-pipeline-here")
+    if hasattr(os, "mkfifo"):  # an existing special file is never written over
+        os.mkfifo(tmp_path / "pipe.glb")
+        with pytest.raises(InputError, match="named pipe"):
+            image_to_glb(image, tmp_path / "pipe.glb", pipeline=tmp_path / "no-pipeline-here")
     with pytest.raises(InputError, match="is a directory"):
         image_to_glb(image, tmp_path, pipeline=tmp_path / "no-pipeline-here")
     blocker = tmp_path / "file.txt"

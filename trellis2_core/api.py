@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .arguments import check_arguments, load_image, load_mask, resolve_device, sampler_overrides
+from .cancel import cancel_on_forward, cancel_scope
 from .config import FastPathConfig
 from .errors import InputError, OutOfMemoryError
 from .mesh.types import Mesh, PbrVoxels
@@ -43,7 +44,9 @@ class Progress(Protocol):
     'load', 'background', 'condition', the sampler stages ('sparse_structure', 'shape' or 'shape_lr' and
     'shape_hr', 'tex'; one call per step), 'decode', then 'export:start' and 'export:<step>' (fill_holes … write,
     reported when done, ``n`` = number of export steps). An optional
-    ``cancelled() -> bool`` method is polled between steps."""
+    ``cancelled() -> bool`` method is polled between steps, between the blocks of every model forward and inside
+    the export's long loops (at most every 10 ms; :mod:`trellis2_core.cancel`), so a cancel takes effect within
+    about a second in every stage and leaves no output file."""
 
     def step(self, stage: str, i: int, n: int) -> None: ...
 
@@ -268,14 +271,16 @@ def image_to_glb(
         clock = time.perf_counter()
         track("background", 0, 1)
         if cond_image is None:
-            cond_image = prepare_image(img, background=args.background, mask=mask_img, matting=matting)
+            with cancel_on_forward(matting, where="background removal", poll=track.cancelled):
+                cond_image = prepare_image(img, background=args.background, mask=mask_img, matting=matting)
         track("background", 1, 1)
         timings["background"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
         ptype = run_type.name
         track("condition", 0, 1)
-        cond = pipe.condition(cond_image, run_type)
+        with cancel_scope(track.cancelled):  # DINOv3 polls between its blocks
+            cond = pipe.condition(cond_image, run_type)
         track("condition", 1, 1)
         guarded = _FiniteModels(pipe.models, lambda: track.stage)
         try:
@@ -293,8 +298,9 @@ def image_to_glb(
 
         clock = time.perf_counter()
         track("export:start", 0, 1)
-        mesh = fill_holes(mesh)  # §8.2: decode_latent's hole filling (export fills again, §13 item 26)
-        report = export_glb(mesh, pbr, args.target, cfg, track)
+        with cancel_scope(track.cancelled):
+            mesh = fill_holes(mesh)  # §8.2: decode_latent's hole filling (export fills again, §13 item 26)
+            report = export_glb(mesh, pbr, args.target, cfg, track)
         timings["export"] = time.perf_counter() - clock
     except (RuntimeError, MemoryError) as err:
         if not _is_oom(err):

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..cancel import cancel_on_forward, cancel_scope
 from ..config import FastPathConfig
 from ..loading import (
     ModelStore, PipelineConfig, as_config, check_model, load_image_cond_model, resolve_image_cond_folder,
@@ -101,7 +102,7 @@ class Pipeline:
         """DINOv3 tokens at 512 px and, unless the type is '512', at 1024 px (§1.1 stage 1)."""
         ptype = self._type(pipeline_type)
         extractor = self.image_cond_model
-        with weights_on_device(extractor):
+        with weights_on_device(extractor), cancel_on_forward(extractor, where="image conditioning (DINOv3)"):
             cond_512 = extractor.features(image, 512)
             cond_1024 = extractor.features(image, 1024) if ptype.resolution != 512 else None
         return Conditioning(cond_512, cond_1024)
@@ -161,7 +162,8 @@ class Pipeline:
         ptype = self._type(pipeline_type)
         if preprocess:
             image = preprocess_image(image, mask)
-        cond = self.condition(image, ptype)
+        with cancel_scope(hooks.should_cancel):  # DINOv3 polls between its blocks
+            cond = self.condition(image, ptype)
         return self.run_from_conditioning(cond, seed=seed, pipeline_type=ptype, samplers=samplers,
                                           max_num_tokens=max_num_tokens, hooks=hooks, fast=fast)
 
@@ -197,5 +199,7 @@ class Pipeline:
             get(ptype.tex_model), cond.at(ptype.cond_resolution), shape.slat,
             self.sampler_params("tex_slat", samplers.tex_slat), shape_norm, self.config.normalization("tex_slat"),
             gen, hooks, fast=fast)
-        decoded = decode(get("shape_slat_decoder"), get("tex_slat_decoder"), shape.slat, material.slat, shape.res)
+        with cancel_scope(hooks.should_cancel):  # decoders poll between their blocks
+            decoded = decode(get("shape_slat_decoder"), get("tex_slat_decoder"), shape.slat, material.slat,
+                             shape.res)
         return PipelineResult(ptype, int(seed), cond, structure, shape, material, decoded)

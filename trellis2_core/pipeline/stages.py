@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Union
 import torch
 from torch import Tensor, nn
 
+from ..cancel import cancel_on_forward
 from ..config import FastPathConfig
 from ..errors import InputError
 from ..loading.config import Normalization
@@ -182,7 +183,7 @@ def _sample(model: nn.Module, noise: Latent, cond: Tensor, params: SamplerParams
         from ..models.fp8 import fp8_block_linears  # imports torch._dynamo and triton: only when asked for
 
         fp8 = fp8_block_linears(model)
-    with attn, fp8:
+    with attn, fp8, cancel_on_forward(model, where=f"the {stage} sampler", poll=hooks.should_cancel):
         res = sample_flow_euler(model, noise, cond_in, neg_cond, params, extra=extra, on_step=on_step,
                                 should_cancel=hooks.should_cancel, record_calls=hooks.record_calls, stage=stage,
                                 fast=fast)
@@ -201,7 +202,7 @@ def sample_structure(flow: nn.Module, decoder: nn.Module, cond: Tensor, params: 
     with weights_on_device(flow):  # on the device for this stage only, under the medium/low VRAM presets
         run = _sample(flow, noise, cond, params, hooks, "sparse_structure", fast=fast)
     latent = run.samples
-    with weights_on_device(decoder):
+    with weights_on_device(decoder), cancel_on_forward(decoder, where="structure decoding", poll=hooks.should_cancel):
         logits = decoder(latent.to(execution_device(decoder)))
     coords = occupancy_to_coords(logits, ss_res)
     if coords.shape[0] == 0:
@@ -238,7 +239,8 @@ def sample_shape_cascade(flow_lr: nn.Module, flow_hr: nn.Module, shape_decoder: 
                          hooks: StageHooks = StageHooks(), *, fast: FastPathConfig | None = None) -> ShapeLatent:
     """§1.3: LR sample on ``coords`` → decoder ``upsample`` → HR coords (resolution loop) → HR sample."""
     lr_slat, lr_run = _sample_slat(flow_lr, lr_cond, coords, params, norm, generator, hooks, "shape_lr", fast)
-    with weights_on_device(shape_decoder):
+    with weights_on_device(shape_decoder), cancel_on_forward(shape_decoder, where="shape upsampling",
+                                                             poll=hooks.should_cancel):
         up = shape_decoder.upsample(lr_slat.to(execution_device(shape_decoder)), upsample_times=4)  # [M, 4] at 512³
     hr_coords, hr_res = hr_coords_from_lr(up, LR_RESOLUTION, resolution, max_num_tokens)
     slat, hr_run = _sample_slat(flow_hr, cond, hr_coords, params, norm, generator, hooks, "shape_hr", fast)
@@ -269,11 +271,11 @@ def sample_material(flow: nn.Module, cond: Tensor, shape_slat: SparseTensor, par
 def decode(shape_decoder: nn.Module, tex_decoder: nn.Module | None, shape_slat: SparseTensor,
            tex_slat: SparseTensor | None, res: int) -> Decoded:
     """Shape decoder at grid ``res`` → meshes + subdivisions; texture decoder guided by them → PBR voxels (§5.2)."""
-    with weights_on_device(shape_decoder):
+    with weights_on_device(shape_decoder), cancel_on_forward(shape_decoder, where="mesh decoding"):
         dec = shape_decoder.decode(shape_slat.to(execution_device(shape_decoder)), int(res))
     pbr: list[PbrVoxels] = []
     if tex_decoder is not None and tex_slat is not None:
-        with weights_on_device(tex_decoder):
+        with weights_on_device(tex_decoder), cancel_on_forward(tex_decoder, where="texture decoding"):
             raw = tex_decoder(tex_slat.to(execution_device(tex_decoder)), guide_subs=dec.subs)
         pbr = pbr_voxels(raw, int(res))
     return Decoded(meshes=list(dec.meshes), pbr=pbr, subs=list(dec.subs), res=int(res))
