@@ -386,8 +386,10 @@ def test_cli_bad_image_files_exit_2(reach, tmp_path, capsys, image, match):
 def test_cli_bad_mask_and_output_exit_2(no_loading, good_png, tmp_path, capsys):
     rc, err = _cli(capsys, str(good_png), "-o", str(tmp_path / "o.glb"), "-q", "--mask", str(tmp_path / "m.png"))
     assert rc == 2 and "--mask file" in err
-    rc, err = _cli(capsys, str(good_png), "-o", str(tmp_path / "no" / "o.glb"), "-q")
-    assert rc == 2 and "does not exist" in err
+    (tmp_path / "plain").write_text("a file, not a folder")
+    rc, err = _cli(capsys, str(good_png), "-o", str(tmp_path / "plain" / "o.glb"), "-q")
+    assert rc == 2 and "error:" in err and "plain" in err and "Traceback" not in err, err
+    assert (tmp_path / "plain").read_text() == "a file, not a folder"
 
 
 @pytest.mark.parametrize("raised, status, match", [
