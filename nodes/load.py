@@ -25,8 +25,11 @@ SPEEDS = {"fast": FastPathConfig.fast, "eager": FastPathConfig}  # FastPathConfi
 ATTENTION = ATTENTION_CHOICES  # attention_backend: "auto" keeps the speed preset's own choice
 
 
+DEMO_SOURCE = "demo"  # tiny RANDOM weights made on first use: tries a graph end to end with no download
+
+
 def list_sources() -> list[str]:
-    """The official Hub id plus every folder with a ``pipeline.json`` under ``models/trellis2``."""
+    """The official Hub id, every folder with a ``pipeline.json`` under ``models/trellis2``, then ``demo``."""
     names = [DEFAULT_SOURCE]
     for folder in bridge.trellis2_dirs():
         if not folder.is_dir():
@@ -34,6 +37,8 @@ def list_sources() -> list[str]:
         for sub in sorted(folder.iterdir()):
             if (sub / PIPELINE_JSON).is_file() and sub.name not in names:
                 names.append(sub.name)
+    if DEMO_SOURCE not in names:
+        names.append(DEMO_SOURCE)
     return names
 
 
@@ -93,7 +98,9 @@ class Trellis2LoadModel:
                     "default": DEFAULT_SOURCE,
                     "tooltip": "Pipeline folder under ComfyUI/models/trellis2/, or the Hugging Face id. For "
                                "'microsoft/TRELLIS.2-4B' a folder models/trellis2/TRELLIS.2-4B is used when present "
-                               "(offline); otherwise the files download into the Hugging Face cache."}),
+                               "(offline); otherwise the files download into the Hugging Face cache. 'demo' = tiny RANDOM "
+                               "weights in the official layout, made on first use without a download: it tests a "
+                               "graph end to end in seconds, but the shapes it makes are meaningless."}),
                 "precision": (list(PRECISIONS), {
                     "default": "auto",
                     "tooltip": "Weight/compute precision of the transformers and decoders. auto = the checkpoints' "

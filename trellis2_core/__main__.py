@@ -203,6 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     bars = _Bars(enabled=not args.quiet)
     try:
+        from .dependencies import check_torch
+
+        check_torch()  # a missing or too-old torch: one line with how to install the right build
         from .api import image_to_glb
         from .config import FastPathConfig
 

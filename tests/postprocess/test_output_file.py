@@ -83,6 +83,15 @@ def test_a_symlink_to_a_regular_file_replaces_the_file_and_keeps_the_link(tmp_pa
     assert link.is_symlink() and link.read_bytes() == b"new" and real.read_bytes() == b"new"
 
 
+def test_a_dangling_symlink_is_refused_and_nothing_is_created_where_it_points(tmp_path):
+    elsewhere = tmp_path / "elsewhere" / "victim.glb"
+    link = tmp_path / "out.glb"
+    link.symlink_to(elsewhere)
+    with pytest.raises(InputError, match="symbolic link to a missing file"):
+        check_output_path(link)
+    assert not (tmp_path / "elsewhere").exists() and link.is_symlink()
+
+
 def test_missing_folders_are_created_at_write_time_only(tmp_path):
     path = tmp_path / "out" / "sub" / "x.glb"
     target = check_output_path(path)

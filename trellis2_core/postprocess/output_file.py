@@ -123,6 +123,9 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise InputError("the output path is empty; give a file name such as 'model.glb'")
     target = Path(shown).expanduser()
     if _is_link(target, shown):
+        if not target.exists():  # following it would create a file wherever the link points
+            raise InputError(f"output path {shown!r} is a symbolic link to a missing file ({os.readlink(target)!r});"
+                             " remove the link or choose another file name")
         target = target.resolve()  # the file the link points at is the one replaced (links stay links)
     _check_target(target, shown)
     if Path(shown).suffix.lower() != GLB_SUFFIX:
