@@ -11,12 +11,14 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from trellis2_core.cancel import cancel_on_forward
 from trellis2_core.errors import CancelledError, InputError
 from trellis2_core.preprocess.background import DEFAULT_MATTING_MODEL, load_matting_model, remove_background
-from trellis2_core.preprocess.image import attach_mask, downscale, has_usable_alpha
+from trellis2_core.preprocess.image import MIN_FOREGROUND_SIDE, attach_mask, downscale, has_usable_alpha
 
 from . import comfy_bridge as bridge
-from .images import batch_size, from_pil, mask_at, masks_from, to_pil
+from .checks import check_widgets, node_title, require_asset, widget_label
+from .images import batch_size, check_image, check_mask, from_pil, mask_at, masks_from, to_pil
 from .runtime import PipelineHandle, StageProgress, comfy_errors
 from .types import CATEGORY, IMAGE, MASK, PIPELINE
 
@@ -35,6 +37,18 @@ def _transparency(mask: Tensor | None, size: tuple[int, int], invert: bool) -> n
         return None
     alpha = arr if invert else 1.0 - arr
     return alpha if float(alpha.min()) < 1.0 else None
+
+
+def _drop_placeholder(mask: Tensor | None, image: Tensor, title: str) -> Tensor | None:
+    """LoadImage's MASK of a picture without alpha is a 64×64 zero tensor: a mask of another size than the image
+    is dropped when it holds no transparency at all, and refused otherwise (it belongs to another picture)."""
+    if mask is None or tuple(mask.shape[-2:]) == tuple(image.shape[1:3]):
+        return mask
+    if float(mask.abs().max()) == 0.0:
+        return None
+    h, w = (int(v) for v in image.shape[1:3])
+    raise InputError(f"{title}: input 'mask': the MASK is {mask.shape[-1]}x{mask.shape[-2]} but the image is "
+                     f"{w}x{h} (W x H); connect the MASK that Load Image gives together with this IMAGE")
 
 
 class Trellis2RemoveBackground:
@@ -84,8 +98,17 @@ class Trellis2RemoveBackground:
 
     def remove(self, image: Tensor, method: str, max_size: int, invert_mask: bool, matting_model: str,
                mask: Tensor | None = None, pipeline: PipelineHandle | None = None) -> tuple[Tensor, Tensor]:
-        if method not in METHODS:
-            raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        check_widgets(type(self), {"method": method, "max_size": max_size, "invert_mask": invert_mask,
+                                   "matting_model": matting_model})
+        if pipeline is not None:
+            require_asset(pipeline, PipelineHandle, type(self), "pipeline", "Load TRELLIS.2 Model")
+        title = node_title(type(self))
+        if 0 < max_size < MIN_FOREGROUND_SIDE:
+            raise InputError(f"{widget_label(type(self), 'max_size')} must be 0 (no downscaling) or at least "
+                             f"{MIN_FOREGROUND_SIDE} px, got {max_size}")
+        image = check_image(image, "image", title)
+        mask = check_mask(mask, image, "mask", title, same_size=method == "use mask")
+        mask = _drop_placeholder(mask, image, title)
         n = batch_size(image)
         progress = StageProgress(n)
         matting: Any = None
@@ -99,7 +122,11 @@ class Trellis2RemoveBackground:
                 mode = self._mode(method, pil, item_mask, invert_mask)
                 if mode == "model" and matting is None:
                     matting = self._matting(matting_model, pipeline)
-                out.append(self._cut(pil, mode, item_mask, invert_mask, max_size, matting))
+                try:
+                    with cancel_on_forward(matting, where="background removal"):  # Cancel between matting blocks
+                        out.append(self._cut(pil, mode, item_mask, invert_mask, max_size, matting))
+                except InputError as err:
+                    raise InputError(f"{title}: image {i}: {err}") from err
                 progress.advance()
         sizes = {im.size for im in out}
         if len(sizes) > 1:

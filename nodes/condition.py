@@ -8,7 +8,8 @@ from trellis2_core.errors import InputError
 from trellis2_core.pipeline.stages import Conditioning
 from trellis2_core.preprocess.background import prepare_image, resolve_background
 
-from .images import batch_size, from_pil, mask_at, to_pil
+from .checks import check_widgets, node_title, require_asset
+from .images import batch_size, check_image, check_mask, from_pil, mask_at, to_pil
 from .runtime import PipelineHandle, StageProgress, comfy_errors
 from .types import CATEGORY, COND, IMAGE, MASK, PIPELINE, CondAsset
 
@@ -55,8 +56,11 @@ class Trellis2EncodeImage:
 
     def encode(self, pipeline: PipelineHandle, image: Tensor, resolutions: str, preprocess: bool,
                mask: Tensor | None = None) -> tuple[CondAsset, Tensor]:
-        if resolutions not in RESOLUTIONS:
-            raise InputError(f"resolutions must be one of {', '.join(RESOLUTIONS)}, got {resolutions!r}")
+        check_widgets(type(self), {"resolutions": resolutions, "preprocess": preprocess})
+        require_asset(pipeline, PipelineHandle, type(self), "pipeline", "Load TRELLIS.2 Model")
+        title = node_title(type(self))
+        image = check_image(image, "image", title)
+        mask = check_mask(mask, image, "mask", title)
         ptype = RESOLUTIONS[resolutions]
         n = batch_size(image)
         progress = StageProgress(2 * n)
@@ -67,10 +71,13 @@ class Trellis2EncodeImage:
             background = "none" if not preprocess else "mask" if item_mask is not None else "auto"
             if preprocess and item_mask is None and resolve_background(pil, background) == "model":
                 raise InputError(
-                    "the image has no transparency and no mask is connected: put a Remove Background node before "
-                    "Encode Image and connect both its IMAGE and MASK outputs")
-            prepared.append(prepare_image(pil, background=background,
-                                          mask=None if item_mask is None else item_mask.numpy()))
+                    f"{title}: image {i} has no transparency and no mask is connected: put a Remove Background node "
+                    "before Encode Image and connect both its IMAGE and MASK outputs")
+            try:
+                prepared.append(prepare_image(pil, background=background,
+                                              mask=None if item_mask is None else item_mask.numpy()))
+            except InputError as err:
+                raise InputError(f"{title}: image {i}: {err}") from err
             progress.advance()
         conds = []
         with comfy_errors():

@@ -8,6 +8,7 @@ from trellis2_core.mesh.types import z_up_to_y_up
 from trellis2_core.pipeline.stages import decode
 
 from . import comfy_bridge as bridge
+from .checks import require_asset
 from .runtime import PipelineHandle, StageProgress, comfy_errors
 from .types import CATEGORY, CORE_MESH, MATERIAL, MESH_ASSET, PIPELINE, SHAPE, MaterialAsset, MeshAsset, ShapeAsset
 
@@ -62,6 +63,11 @@ class Trellis2DecodeMesh:
 
     def decode(self, pipeline: PipelineHandle, shape: ShapeAsset, material: MaterialAsset | None = None
                ) -> tuple[tuple[MeshAsset, ...], object]:
+        node = type(self)
+        require_asset(pipeline, PipelineHandle, node, "pipeline", "Load TRELLIS.2 Model")
+        require_asset(shape, ShapeAsset, node, "shape", "Sample Shape")
+        if material is not None:
+            require_asset(material, MaterialAsset, node, "material", "Sample Material")
         if material is not None and not _same_voxels(material, shape):
             raise InputError("the material latent was sampled from another shape latent; connect the Sample "
                              "Material node that uses this shape")

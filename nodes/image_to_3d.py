@@ -8,11 +8,17 @@ from torch import Tensor
 from trellis2_core.api import image_to_glb
 from trellis2_core.pipeline.stages import PipelineType
 from trellis2_core.postprocess import fill_holes
-from trellis2_core.preprocess.background import DEFAULT_MATTING_MODEL, load_matting_model, needs_matting
+from trellis2_core.errors import InputError
+from trellis2_core.params import check_faces, check_run_options
+from trellis2_core.pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS
+from trellis2_core.preprocess.background import (
+    DEFAULT_MATTING_MODEL, load_matting_model, needs_matting, prepare_image,
+)
 
 from . import comfy_bridge as bridge
 from .export import UI_KEY, export_config, export_inputs
-from .images import batch_size, mask_at, to_pil
+from .checks import check_widgets, node_title, require_asset, widget_label
+from .images import batch_size, check_image, check_mask, mask_at, to_pil
 from .paths import DEFAULT_PREFIX, next_output_path
 from .runtime import PipelineHandle, StageProgress, comfy_errors
 from .sample import PIPELINE_TYPES, SEED_MAX
@@ -73,9 +79,35 @@ class Trellis2ImageTo3D:
     def generate(self, pipeline: PipelineHandle, image: Tensor, seed: int, resolution: str, steps: int,
                  filename_prefix: str, texture_size: int, target_faces: int, alpha_mode: str, double_sided: bool,
                  texture_format: str, mask: Tensor | None = None) -> dict[str, Any]:
-        ptype = PipelineType.parse(resolution)
-        cfg = export_config(texture_size, target_faces, alpha_mode, double_sided, texture_format)
+        node = type(self)
+        title = node_title(node)
+        check_widgets(node, {"seed": seed, "resolution": resolution, "steps": steps,
+                             "filename_prefix": filename_prefix, "texture_size": texture_size,
+                             "target_faces": target_faces, "alpha_mode": alpha_mode, "double_sided": double_sided,
+                             "texture_format": texture_format})
+        require_asset(pipeline, PipelineHandle, node, "pipeline", "Load TRELLIS.2 Model")
+        check_run_options(seed=seed, steps=steps, guidance=None, samplers=None, max_num_tokens=DEFAULT_MAX_NUM_TOKENS,
+                          pipeline_type=resolution, names={"seed": widget_label(node, "seed"),
+                                                           "steps": widget_label(node, "steps"),
+                                                           "pipeline_type": widget_label(node, "resolution")})
+        check_faces(target_faces, widget_label(node, "target_faces"))  # the library's bound (2**24)
+        ptype = PipelineType.parse(resolution, widget_label(node, "resolution"))
+        try:
+            cfg = export_config(texture_size, target_faces, alpha_mode, double_sided, texture_format)
+        except InputError as err:
+            raise InputError(f"{title}: {err}") from err
+        image = check_image(image, "image", title)
+        mask = check_mask(mask, image, "mask", title)
         n = batch_size(image)
+        for i in range(n):  # every image's foreground is checked before the first model runs
+            pil = to_pil(image, i)
+            item_mask = mask_at(mask, i)
+            np_mask = None if item_mask is None else item_mask.numpy()
+            if not needs_matting(pil, "auto", np_mask):
+                try:
+                    prepare_image(pil, background="auto", mask=np_mask)
+                except InputError as err:
+                    raise InputError(f"{title}: image {i}: {err}") from err
         per_item = 3 + int(steps) * (4 if ptype.cascade else 3) + 1 + _EXPORT_UNITS
         progress = StageProgress(per_item * n)
         entries, items = [], []

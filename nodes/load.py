@@ -1,16 +1,18 @@
 """Load TRELLIS.2 model node: pipeline folder / local path / Hugging Face id → ``TRELLIS2_PIPELINE`` (spec §4.1)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from trellis2_core.config import ATTENTION_CHOICES, FastPathConfig
-from trellis2_core.errors import BackendError, WeightsError
+from trellis2_core.errors import BackendError, InputError, WeightsError
 from trellis2_core.loading import PIPELINE_JSON, resolve_pipeline_dir
 from trellis2_core.pipeline.pipeline import Pipeline
 
 from . import comfy_bridge as bridge
+from .checks import check_widgets, widget_label
 from .runtime import VRAM_PRESETS, PipelineHandle, resolve_preset
 from .types import CATEGORY, PIPELINE
 
@@ -23,8 +25,11 @@ SPEEDS = {"fast": FastPathConfig.fast, "eager": FastPathConfig}  # FastPathConfi
 ATTENTION = ATTENTION_CHOICES  # attention_backend: "auto" keeps the speed preset's own choice
 
 
+DEMO_SOURCE = "demo"  # tiny RANDOM weights made on first use: tries a graph end to end with no download
+
+
 def list_sources() -> list[str]:
-    """The official Hub id plus every folder with a ``pipeline.json`` under ``models/trellis2``."""
+    """The official Hub id, every folder with a ``pipeline.json`` under ``models/trellis2``, then ``demo``."""
     names = [DEFAULT_SOURCE]
     for folder in bridge.trellis2_dirs():
         if not folder.is_dir():
@@ -32,17 +37,39 @@ def list_sources() -> list[str]:
         for sub in sorted(folder.iterdir()):
             if (sub / PIPELINE_JSON).is_file() and sub.name not in names:
                 names.append(sub.name)
+    if DEMO_SOURCE not in names:
+        names.append(DEMO_SOURCE)
     return names
 
 
 def _device(choice: str) -> torch.device:
+    label = widget_label(Trellis2LoadModel, "device")
     if choice == "auto":
         return bridge.torch_device()
     if choice == "cuda" and not torch.cuda.is_available():
-        raise BackendError("device 'cuda' was chosen but PyTorch sees no CUDA/ROCm GPU; choose 'auto' or 'cpu'")
+        raise BackendError(f"{label} is 'cuda' but PyTorch {torch.__version__} sees no CUDA/ROCm GPU on this "
+                           "machine; choose 'auto' or 'cpu'")
     if choice == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise BackendError("device 'mps' was chosen but this PyTorch has no Apple MPS support; choose 'auto'")
+        raise BackendError(f"{label} is 'mps' but this PyTorch has no Apple MPS support; choose 'auto' or 'cpu'")
     return torch.device(choice)
+
+
+def _one_copy_of_hub_logs() -> None:
+    """huggingface_hub prints its warnings (e.g. download retries) with its own StreamHandler *and* passes them on
+    to the root logger, where ComfyUI prints and records them again: drop its handler so ComfyUI's console and log
+    show each line once. Only when the root logger has handlers (it always has inside ComfyUI)."""
+    if not logging.getLogger().handlers:
+        return
+    from trellis2_core.optional import require
+
+    try:
+        require("huggingface_hub", "Hugging Face downloads")  # importing it is what attaches its handler
+    except BackendError:  # missing or broken: the loader says so if a download is needed
+        return
+    hub_logger = logging.getLogger("huggingface_hub")
+    for handler in list(hub_logger.handlers):
+        if type(handler) is logging.StreamHandler and hub_logger.propagate:
+            hub_logger.removeHandler(handler)
 
 
 def _dtype(precision: str, device: torch.device) -> str | None:
@@ -71,7 +98,9 @@ class Trellis2LoadModel:
                     "default": DEFAULT_SOURCE,
                     "tooltip": "Pipeline folder under ComfyUI/models/trellis2/, or the Hugging Face id. For "
                                "'microsoft/TRELLIS.2-4B' a folder models/trellis2/TRELLIS.2-4B is used when present "
-                               "(offline); otherwise the files download into the Hugging Face cache."}),
+                               "(offline); otherwise the files download into the Hugging Face cache. 'demo' = tiny RANDOM "
+                               "weights in the official layout, made on first use without a download: it tests a "
+                               "graph end to end in seconds, but the shapes it makes are meaningless."}),
                 "precision": (list(PRECISIONS), {
                     "default": "auto",
                     "tooltip": "Weight/compute precision of the transformers and decoders. auto = the checkpoints' "
@@ -110,14 +139,17 @@ class Trellis2LoadModel:
 
     def load(self, source: str, precision: str, attention_backend: str, vram_preset: str, device: str,
              custom_source: str = "", speed: str = "fast") -> tuple[PipelineHandle]:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if attention_backend not in ATTENTION:
-            raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION)}, got {attention_backend!r}")
-        if speed not in SPEEDS:
-            raise ValueError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}")
+        node = type(self)
+        # 'source' lists the folders found when the menu was built: any name or path is accepted here
+        check_widgets(node, {"precision": precision, "attention_backend": attention_backend,
+                             "vram_preset": vram_preset, "device": device, "custom_source": custom_source,
+                             "speed": speed}, skip=("source",))
+        if not isinstance(source, str) or not (source.strip() or (custom_source or "").strip()):
+            raise InputError(f"{widget_label(node, 'source')} must name a pipeline (a folder under "
+                             f"models/trellis2, a path or a Hugging Face id), got {source!r}")
         fast = SPEEDS[speed]().with_attention(attention_backend)  # checked before any download or weight loading
-        src = custom_source.strip() or source
+        _one_copy_of_hub_logs()
+        src = (custom_source or "").strip() or source.strip()
         dev = _device(device)
         models = bridge.models_dir()
         try:

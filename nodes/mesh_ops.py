@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from trellis2_core.errors import InputError
 from trellis2_core.postprocess import clean_mesh, decimate_mesh, fill_holes, remove_unreferenced_vertices, unwrap_uv
 
 from .runtime import StageProgress, comfy_errors
@@ -20,7 +21,8 @@ _MESH_IN = (MESH_ASSET, {"tooltip": "Mesh + PBR voxels from Decode Mesh (or anot
 
 def _check_unwrapped(items: tuple[MeshAsset, ...], what: str) -> None:
     if any(a.atlas is not None for a in items):
-        raise ValueError(f"{what} must come before UV Unwrap: changing the geometry would invalidate the UV atlas")
+        raise InputError(f"{what} must come before UV Unwrap: changing the geometry would invalidate the UV atlas; "
+                         "move UV Unwrap after it")
 
 
 class Trellis2FillHoles:
@@ -83,10 +85,12 @@ class Trellis2DecimateMesh:
         with comfy_errors():
             for item in mesh:
                 work = clean_mesh(item.mesh, float(min_component_area), orient=False)
-                work = clean_mesh(decimate_mesh(work, int(target_faces)))
-                work, _ = remove_unreferenced_vertices(work)
+                if work.num_faces > 0:
+                    work = clean_mesh(decimate_mesh(work, int(target_faces)))
+                    work, _ = remove_unreferenced_vertices(work)
                 if work.num_faces == 0:
-                    raise ValueError("no faces are left after clean-up; lower min_component_area")
+                    raise InputError("no faces are left after clean-up (every face was degenerate, duplicate or in "
+                                     "a piece smaller than min_component_area); lower min_component_area")
                 out.append(dataclasses.replace(item, mesh=work))
                 progress.advance()
         return (tuple(out),)

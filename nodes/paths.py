@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from trellis2_core.errors import InputError
+
 __all__ = ["sanitize_prefix", "next_output_path", "OutputPath", "DEFAULT_PREFIX"]
 
 DEFAULT_PREFIX = "trellis2/mesh"
@@ -62,7 +64,8 @@ def next_output_path(output_dir: str | os.PathLike, prefix: str, extension: str 
     subfolder, base = sanitize_prefix(prefix)
     folder = (root / subfolder).resolve() if subfolder else root
     if os.path.commonpath([str(root), str(folder)]) != str(root):  # e.g. a symlinked subfolder pointing away
-        raise ValueError(f"filename_prefix {prefix!r} resolves outside the output folder {root}")
+        raise InputError(f"filename_prefix {prefix!r} resolves outside the output folder {root}; use a prefix "
+                         "without symlinked folders that lead elsewhere")
     folder.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(re.escape(base) + r"_(\d+)_\." + re.escape(extension) + "$", re.IGNORECASE)
     used = [int(m.group(1)) for m in (pattern.match(n) for n in os.listdir(folder)) if m]

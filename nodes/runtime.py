@@ -22,8 +22,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from trellis2_core.cancel import cancel_scope
 from trellis2_core.config import FastPathConfig
-from trellis2_core.errors import CancelledError, OutOfMemoryError, WeightsError
+from trellis2_core.errors import CancelledError, InputError, OutOfMemoryError, WeightsError
 from trellis2_core.loading import resolve_model_files
 from trellis2_core.loading.residency import VRAM_PRESETS
 from trellis2_core.pipeline.pipeline import Pipeline
@@ -40,7 +41,7 @@ def resolve_preset(preset: str, device: torch.device) -> str:
     """``auto`` → ``high`` on CPU/MPS or GPUs with ≥ 32 GiB, ``medium`` from 16 GiB, else ``low`` (by total memory:
     ComfyUI frees its own models for ours when asked)."""
     if preset not in VRAM_PRESETS:
-        raise ValueError(f"vram_preset must be one of {', '.join(VRAM_PRESETS)}, got {preset!r}")
+        raise InputError(f"vram_preset must be one of {', '.join(VRAM_PRESETS)}, got {preset!r}")
     if preset != "auto":
         return preset
     if device.type != "cuda":
@@ -172,9 +173,14 @@ def _is_oom(err: BaseException) -> bool:
 @contextlib.contextmanager
 def comfy_errors(oom_hint: str = OOM_HINT) -> Iterator[None]:
     """Library cancellation → ComfyUI's interrupt (the UI shows "interrupted", not an error); running out of device
-    memory → :class:`OutOfMemoryError` saying which setting to lower."""
+    memory → :class:`OutOfMemoryError` saying which setting to lower.
+
+    Inside the block ComfyUI's Cancel is an active cancel poll (:func:`trellis2_core.cancel.cancel_scope`): model
+    blocks and the long loops of mesh processing, baking and writing stop within about a second.
+    """
     try:
-        yield
+        with cancel_scope(lambda: bridge.interrupted()):
+            yield
     except CancelledError as err:
         bridge.raise_interrupted(err)
     except (RuntimeError, MemoryError) as err:

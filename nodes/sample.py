@@ -12,11 +12,13 @@ import torch
 
 from trellis2_core.errors import InputError
 from trellis2_core.models.structure_decoder import occupancy_to_coords
+from trellis2_core.params import check_sampler_overrides
 from trellis2_core.pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS
 from trellis2_core.pipeline.stages import (
     PipelineType, sample_material, sample_shape, sample_shape_cascade, sample_structure,
 )
 
+from .checks import check_widgets, node_title, require_asset, widget_label
 from .runtime import PipelineHandle, StageProgress, comfy_errors
 from .types import (
     CATEGORY, COND, MATERIAL, PIPELINE, SHAPE, STRUCTURE, CondAsset, MaterialAsset, ShapeAsset, StructureAsset,
@@ -64,19 +66,43 @@ def sampler_inputs(stage: str) -> dict[str, tuple]:
     }
 
 
-def _overrides(values: dict[str, Any]) -> dict[str, Any]:
+_SAMPLER_WIDGETS = ("steps", "guidance_strength", "guidance_rescale", "guidance_interval_start",
+                    "guidance_interval_end", "rescale_t")
+
+
+def _overrides(node: type, stage: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The sampler widgets of ``node`` checked (declared ranges, then the library's checks) as sampler overrides."""
+    missing = [k for k in _SAMPLER_WIDGETS if k not in values]
+    unknown = sorted(set(values) - set(_SAMPLER_WIDGETS))
+    if missing or unknown:
+        raise InputError(f"{node_title(node)}: sampler widgets {', '.join(missing)} missing"
+                         + (f"; unknown inputs {', '.join(unknown)}" if unknown else "")
+                         + f"; expected {', '.join(_SAMPLER_WIDGETS)}")
+    check_widgets(node, values)
     lo, hi = float(values["guidance_interval_start"]), float(values["guidance_interval_end"])
     if lo > hi:
-        raise InputError(f"guidance_interval_start ({lo}) must not exceed guidance_interval_end ({hi})")
-    return {"steps": int(values["steps"]), "guidance_strength": float(values["guidance_strength"]),
-            "guidance_rescale": float(values["guidance_rescale"]), "guidance_interval": (lo, hi),
-            "rescale_t": float(values["rescale_t"])}
+        raise InputError(f"{widget_label(node, 'guidance_interval_start')} ({lo:g}) must not exceed "
+                         f"guidance_interval_end ({hi:g}): guidance applies for noise levels t in [start, end]")
+    overrides = {"steps": int(values["steps"]), "guidance_strength": float(values["guidance_strength"]),
+                 "guidance_rescale": float(values["guidance_rescale"]), "guidance_interval": (lo, hi),
+                 "rescale_t": float(values["rescale_t"])}
+    labels = {k: widget_label(node, k) for k in overrides}
+    labels["guidance_interval"] = widget_label(node, "guidance_interval_start/end")
+    return check_sampler_overrides({stage: overrides}, node_title(node), {stage: labels})[stage]
 
 
 def _need_1024(cond: CondAsset, ptype: PipelineType) -> None:
     if ptype.cond_resolution == 1024 and cond.cond.cond_1024 is None:
         raise InputError(f"resolution {ptype.name!r} needs the 1024 px DINOv3 tokens: set Encode Image's "
                          "'resolutions' to '512 and 1024'")
+
+
+def _inputs(node: type, pipeline: Any, conditioning: Any, **assets: tuple[Any, type, str]) -> None:
+    """The socket inputs of a sampler node are the objects of the nodes they must come from."""
+    require_asset(pipeline, PipelineHandle, node, "pipeline", "Load TRELLIS.2 Model")
+    require_asset(conditioning, CondAsset, node, "conditioning", "Encode Image")
+    for name, (value, cls, source) in assets.items():
+        require_asset(value, cls, node, name, source)
 
 
 def _seed_input(default: int, continue_stream: bool) -> tuple:
@@ -111,7 +137,10 @@ class Trellis2SampleStructure:
 
     def sample(self, pipeline: PipelineHandle, conditioning: CondAsset, seed: int, **params: Any
                ) -> tuple[StructureAsset]:
-        values = _overrides(params)
+        node = type(self)
+        _inputs(node, pipeline, conditioning)
+        check_widgets(node, {"seed": seed})
+        values = _overrides(node, "sparse_structure", params)
         sampler = pipeline.pipeline.sampler_params("sparse_structure", values)
         ss_res = PipelineType.parse(pipeline.config.default_pipeline_type).ss_res
         gen = torch.Generator(device="cpu")
@@ -157,9 +186,12 @@ class Trellis2SampleShape:
 
     def sample(self, pipeline: PipelineHandle, conditioning: CondAsset, structure: StructureAsset,
                resolution: str, max_num_tokens: int, stage_seed: int, **params: Any) -> tuple[ShapeAsset]:
-        ptype = PipelineType.parse(resolution)
+        node = type(self)
+        _inputs(node, pipeline, conditioning, structure=(structure, StructureAsset, "Sample Structure"))
+        check_widgets(node, {"resolution": resolution, "max_num_tokens": max_num_tokens, "stage_seed": stage_seed})
+        ptype = PipelineType.parse(resolution, widget_label(node, "resolution"))
         _need_1024(conditioning, ptype)
-        values = _overrides(params)
+        values = _overrides(node, "shape_slat", params)
         sampler = pipeline.pipeline.sampler_params("shape_slat", values)
         norm = pipeline.config.normalization("shape_slat")
         ss = structure.structure
@@ -205,9 +237,12 @@ class Trellis2SampleMaterial:
 
     def sample(self, pipeline: PipelineHandle, conditioning: CondAsset, shape: ShapeAsset, stage_seed: int,
                **params: Any) -> tuple[MaterialAsset]:
+        node = type(self)
+        _inputs(node, pipeline, conditioning, shape=(shape, ShapeAsset, "Sample Shape"))
+        check_widgets(node, {"stage_seed": stage_seed})
         ptype = shape.pipeline_type
         _need_1024(conditioning, ptype)
-        values = _overrides(params)
+        values = _overrides(node, "tex_slat", params)
         sampler = pipeline.pipeline.sampler_params("tex_slat", values)
         gen = generator_from(int(stage_seed), shape.rng_state)
         progress = StageProgress(values["steps"])

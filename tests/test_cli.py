@@ -80,8 +80,8 @@ def test_cli_bad_inputs_exit_2(tmp_path, capsys):
     tiny = require_tiny_pipeline()
     assert main([str(tmp_path / "missing.png"), "-o", str(tmp_path / "o.glb"), *_fast(tiny)]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main([str(_image()), "-o", str(tmp_path / "nodir" / "o.glb"), *_fast(tiny)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert main([str(_image()), "-o", str(tmp_path / "o.obj"), *_fast(tiny)]) == 2  # missing folders are created
+    assert "must end in '.glb'" in capsys.readouterr().err
     assert main([str(_image()), "-o", str(tmp_path / "o.glb"), *_fast(tiny), "--texture-size", "7"]) == 2
     assert "texture_size" in capsys.readouterr().err
     assert main([str(_image()), "-o", str(tmp_path / "o.glb"), *_fast(tiny), "--type", "777"]) == 2
@@ -120,3 +120,14 @@ def test_cli_help_runs():
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
+
+
+def test_cli_checks_options_before_looking_for_the_pipeline(tmp_path):
+    """A real process: a bad option is reported (exit 2, one line, no traceback) before the pipeline is resolved,
+    even when the pipeline does not exist either."""
+    proc = _run_cli([str(_image()), "-o", str(tmp_path / "o.glb"), "--pipeline", str(tmp_path / "nothing"),
+                     "--max-tokens", "0"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: --max-tokens must be in 1..1000000, got 0; token cap of the "
+                                                "1536/2048 cascades (official 49152; lower it when out of memory)"]

@@ -7,6 +7,7 @@ matting model) with fewer sampler steps; the slow test runs every asset image bo
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -135,8 +136,12 @@ def test_every_asset_image_to_glb(pipe, matting_folder, tmp_path, index, variant
 # ---------------------------------------------------------------------------------------------- bad inputs
 def test_unwritable_output_path_fails_before_any_work(tmp_path):
     image = Image.new("RGBA", (32, 32))
-    with pytest.raises(InputError, match="does not exist"):
-        image_to_glb(image, tmp_path / "missing" / "out.glb", pipeline=tmp_path / "no-pipeline-here")
+    with pytest.raises(InputError, match=r"must end in '\.glb'"):
+        image_to_glb(image, tmp_path / "missing" / "out.obj", pipeline=tmp_path / "no-pipeline-here")
+    if hasattr(os, "mkfifo"):  # an existing special file is never written over
+        os.mkfifo(tmp_path / "pipe.glb")
+        with pytest.raises(InputError, match="named pipe"):
+            image_to_glb(image, tmp_path / "pipe.glb", pipeline=tmp_path / "no-pipeline-here")
     with pytest.raises(InputError, match="is a directory"):
         image_to_glb(image, tmp_path, pipeline=tmp_path / "no-pipeline-here")
     blocker = tmp_path / "file.txt"
@@ -248,3 +253,18 @@ def test_mask_files_use_alpha_or_luminance(tmp_path):
         assert m.mode == "L" and np.array_equal(np.asarray(m) > 127, bw[..., 0] > 127), name
     arr = np.ones((4, 4), bool)
     assert load_mask(arr) is arr
+
+
+def test_export_as_a_dict_and_a_phone_photo_with_exif_rotation(pipe, tmp_path):
+    """``export`` may be a dict of ExportConfig fields; a file whose EXIF says 'rotate' is used upright."""
+    with Image.open(_images()[0]) as src:
+        upright = src.convert("RGBA")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a phone stores it; EXIF 6 turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = tmp_path / "phone.png"
+    stored.save(photo, exif=exif.tobytes())
+    result = image_to_glb(photo, tmp_path / "phone.glb", pipeline=pipe, pipeline_type="512", steps=1,
+                          export={"texture_size": 256, "target_faces": 5_000})
+    assert result.path.is_file() and result.export.faces <= 5_000
+    assert np.array_equal(np.asarray(result.image), np.asarray(prepare_image(upright)))

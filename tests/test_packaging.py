@@ -146,6 +146,16 @@ def test_old_or_missing_torch_is_a_clear_error(monkeypatch):
     assert dependencies.check_torch() == "2.13.0+cu130"
 
 
+def test_cli_with_old_torch_says_so_in_one_line(monkeypatch, capsys, tmp_path):
+    from trellis2_core.__main__ import main
+
+    monkeypatch.setattr(dependencies, "installed_version", lambda dist: "2.3.1" if dist == "torch" else None)
+    rc = main([str(ROOT / "assets" / "T.png"), "-o", str(tmp_path / "o.glb"), "-q", "--pipeline", "demo"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: trellis2-comfy needs PyTorch >= 2.4, found 2.3.1"), err
+    assert "Traceback" not in err and not (tmp_path / "o.glb").exists()
+
+
 def test_old_triton_is_reported():
     assert dependencies.version_tuple("3.1.0") < dependencies.MIN_TRITON <= dependencies.version_tuple("3.2.0")
     assert dependencies.version_tuple("2.13.0+cpu") == (2, 13, 0)

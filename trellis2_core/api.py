@@ -18,16 +18,17 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from .arguments import check_arguments, load_image, load_mask, resolve_device, sampler_overrides
+from .cancel import cancel_on_forward, cancel_scope
 from .config import FastPathConfig
-from .errors import BackendError, InputError, OutOfMemoryError
+from .errors import InputError, OutOfMemoryError
 from .mesh.types import Mesh, PbrVoxels
+from .optional import check_installed
 from .pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS, DEFAULT_SEED, Pipeline, PipelineResult, SamplerOverrides
-from .pipeline.stages import PipelineType, StageHooks
+from .pipeline.stages import StageHooks
 from .postprocess import ExportConfig, ExportReport, export_glb, fill_holes
-from .postprocess.glb import check_output_path
-from .preprocess.background import (
-    BiRefNetMatting, Matting, load_matting_model, needs_matting, normalize_mode, prepare_image, resolve_background,
-)
+from .preprocess.background import BiRefNetMatting, Matting, load_matting_model, prepare_image, resolve_background
+from .preprocess.image import MIN_FOREGROUND_SIDE, check_image_size
 from .sparse import SparseTensor
 
 __all__ = ["image_to_glb", "ImageToGlbResult", "Progress", "DEFAULT_PIPELINE", "load_image", "load_mask",
@@ -36,7 +37,6 @@ __all__ = ["image_to_glb", "ImageToGlbResult", "Progress", "DEFAULT_PIPELINE", "
 log = logging.getLogger(__name__)
 
 DEFAULT_PIPELINE = "microsoft/TRELLIS.2-4B"
-_GUIDED_STAGES = ("sparse_structure", "shape_slat")  # the texture stage runs without CFG by default (§1.4)
 
 
 class Progress(Protocol):
@@ -44,7 +44,9 @@ class Progress(Protocol):
     'load', 'background', 'condition', the sampler stages ('sparse_structure', 'shape' or 'shape_lr' and
     'shape_hr', 'tex'; one call per step), 'decode', then 'export:start' and 'export:<step>' (fill_holes … write,
     reported when done, ``n`` = number of export steps). An optional
-    ``cancelled() -> bool`` method is polled between steps."""
+    ``cancelled() -> bool`` method is polled between steps, between the blocks of every model forward and inside
+    the export's long loops (at most every 10 ms; :mod:`trellis2_core.cancel`), so a cancel takes effect within
+    about a second in every stage and leaves no output file."""
 
     def step(self, stage: str, i: int, n: int) -> None: ...
 
@@ -58,71 +60,6 @@ class ImageToGlbResult:
     pipeline: PipelineResult
     image: Image.Image  # the conditioning image after background handling (§2)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load, background, generate, export
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/'auto' → CUDA when available, else CPU; an unavailable CUDA device is a clear error."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise InputError(f"invalid device {device!r} ({err}); use 'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BackendError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
-    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise BackendError(f"device {device!r} requested but Apple MPS is not available; use device='cpu'")
-    return dev
-
-
-def load_image(image: Image.Image | str | os.PathLike, what: str = "image") -> Image.Image:
-    """A PIL image from itself or a file path (fully decoded; clear InputError if unreadable)."""
-    if isinstance(image, Image.Image):
-        return image
-    if not isinstance(image, (str, os.PathLike)):
-        raise InputError(f"{what} must be a PIL image or a file path, got {type(image).__name__}")
-    path = Path(image).expanduser()
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
-    except FileNotFoundError as err:
-        raise InputError(f"{what} file {str(path)!r} does not exist") from err
-    except Image.DecompressionBombError as err:
-        raise InputError(f"{what} {str(path)!r} is too large to open safely ({err})") from err
-    except (OSError, ValueError, SyntaxError) as err:
-        raise InputError(f"cannot read {what} {str(path)!r}: {err}") from err
-
-
-def load_mask(mask: Any) -> Any:
-    """A mask from a file path (alpha if the file has real transparency, else its luminance); others unchanged."""
-    if not isinstance(mask, (str, os.PathLike)):
-        return mask
-    img = normalize_mode(load_image(mask, "mask"))
-    if img.mode in ("LA", "RGBA") and img.getchannel("A").getextrema()[0] < 255:
-        return img.getchannel("A")
-    return img.convert("L")
-
-
-def sampler_overrides(steps: int | None = None, guidance: float | None = None,
-                      stages: Mapping[str, Mapping[str, Any]] | SamplerOverrides | None = None) -> SamplerOverrides:
-    """Sampler overrides: ``steps`` for every stage, ``guidance`` for the guided ones (structure, shape),
-    then per-stage dicts (keys 'sparse_structure', 'shape_slat', 'tex_slat') on top."""
-    per: dict[str, dict[str, Any]] = {"sparse_structure": {}, "shape_slat": {}, "tex_slat": {}}
-    if steps is not None:
-        for block in per.values():
-            block["steps"] = steps
-    if guidance is not None:
-        for name in _GUIDED_STAGES:
-            per[name]["guidance_strength"] = guidance
-    if isinstance(stages, SamplerOverrides):
-        stages = {"sparse_structure": stages.sparse_structure, "shape_slat": stages.shape_slat,
-                  "tex_slat": stages.tex_slat}
-    for name, values in (stages or {}).items():
-        if name not in per:
-            raise InputError(f"unknown sampler stage {name!r}; use sparse_structure, shape_slat or tex_slat")
-        per[name].update(values)
-    return SamplerOverrides(**per)
 
 
 # ---------------------------------------------------------------------------------------------- NaN guard
@@ -207,6 +144,13 @@ def _oom_hint(stage: str, ptype: str, max_tokens: int, cfg: ExportConfig) -> str
             f"now {max_tokens}, cascades only)")
 
 
+def _check_packages(pipeline: Any, cfg: ExportConfig) -> None:
+    """BackendError now (not after the sampling) when a package the run will import is missing or broken."""
+    if not (isinstance(pipeline, Pipeline) and pipeline.image_cond_model_loaded):
+        check_installed(("transformers",), "DINOv3 conditioning")
+    check_installed(("trimesh",) + (("fast_simplification",) if cfg.target_faces else ()), "GLB export")
+
+
 # ---------------------------------------------------------------------------------------------- main entry
 class _Tracker:
     """Forwards progress, remembers the current stage, announces 'decode' when the last material step ends."""
@@ -240,7 +184,7 @@ def image_to_glb(
     guidance: float | None = None,
     samplers: Mapping[str, Mapping[str, Any]] | SamplerOverrides | None = None,
     max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS,
-    export: ExportConfig | None = None,
+    export: ExportConfig | Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
     dtype: str | None = None,
     models_dir: str | os.PathLike | None = None,
@@ -258,9 +202,13 @@ def image_to_glb(
         image: PIL image or image file path.
         pipeline: a Hugging Face id, a local pipeline folder, a ``<models_dir>/trellis2/<name>`` name, or a loaded
             :class:`Pipeline` (reused as it is; ``device``/``dtype`` then do not apply to it).
-        pipeline_type: '512', '1024', '1024_cascade', '1536_cascade' (default: pipeline.json's).
-        steps, guidance: sampler overrides for every stage / the guided stages; ``samplers`` per stage on top.
-        export: GLB settings (faces, texture size/format, alpha mode …).
+        pipeline_type: '512', '1024', '1024_cascade', '1536_cascade' (or N_cascade, N = 1024 + k·128 up to 2048;
+            default: pipeline.json's).
+        seed: 0 .. 2**64 - 1.
+        steps, guidance: sampler overrides for every stage / the guided stages; ``samplers`` per stage on top
+            (``{'shape_slat': {'steps': 20}}``; ranges in :mod:`trellis2_core.params`).
+        max_num_tokens: 1 .. 1 000 000, the token cap of the 1536/2048 cascades.
+        export: GLB settings: an :class:`ExportConfig`, or a dict of its fields (``{'texture_size': 1024}``).
         device: 'cpu', 'cuda', 'cuda:N', 'mps' or None/'auto'.
         dtype: None (the checkpoints' own policy), 'float32', 'bfloat16' or 'float16'.
         background: 'auto', 'keep', 'mask', 'model' or 'none' (see ``preprocess.background``); ``mask`` is a
@@ -271,61 +219,77 @@ def image_to_glb(
         vram_preset: 'auto', 'high', 'medium' or 'low' (``loading.residency``): how much of the model weights stay
             on the device between uses. Applies when ``pipeline`` is not a loaded :class:`Pipeline`.
 
+    Every argument, the image (and mask) and, for an image that needs no matting model, the foreground are
+    checked before anything is loaded; then the pipeline's checkpoint files and sampler settings are checked
+    before its first model loads (:meth:`Pipeline.check_ready`).
+
     Raises:
-        InputError: bad inputs, unwritable output path (checked first), empty foreground, NaN latents.
+        InputError: bad inputs, unwritable output path (checked first), empty or too small foreground, NaN
+            latents. The message names the argument.
         WeightsError: missing or broken weights (the message says where to put them).
+        BackendError: the device does not exist here, or a needed package is missing or broken.
         OutOfMemoryError: the device ran out of memory (the message names the setting to lower).
         CancelledError: ``progress.cancelled()`` turned true.
     """
-    target = check_output_path(output_path)
-    cfg = export or ExportConfig()
-    overrides = sampler_overrides(steps, guidance, samplers)
-    if pipeline_type is not None:
-        PipelineType.parse(pipeline_type)  # fail early on a typo
+    args = check_arguments(output_path, pipeline=pipeline, pipeline_type=pipeline_type, seed=seed, steps=steps,
+                           guidance=guidance, samplers=samplers, max_num_tokens=max_num_tokens, export=export,
+                           device=device, dtype=dtype, models_dir=models_dir, offline=offline, background=background,
+                           matting_model=matting_model, progress=progress, fast=fast, vram_preset=vram_preset)
+    cfg, dev, ptype = args.export, args.device, args.pipeline_type
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
     img = load_image(image)
     mask_img = load_mask(mask)
-    resolve_background(img, background, mask_img)
-    if device is None and isinstance(pipeline, Pipeline):
-        device = getattr(pipeline.models, "device", None)  # run the matting model beside the given pipeline
-    dev = resolve_device(device)
+    check_image_size(img)
+    if max(img.size) < MIN_FOREGROUND_SIDE:  # no matte can find an object worth conditioning on in it
+        raise InputError(f"foreground too small: {max(img.size)} px (the image is {img.width}x{img.height} px; an "
+                         f"object needs at least {MIN_FOREGROUND_SIDE} px); pass a bigger picture of the object")
+    mode = resolve_background(img, args.background, mask_img)
+    cond_image = None if mode == "model" else prepare_image(img, background=args.background, mask=mask_img)
+    timings["background"] = time.perf_counter() - clock  # the matting model's time is added below
+    _check_packages(pipeline, cfg)
     track = _Tracker(progress)
-    ptype = pipeline_type
-    timings: dict[str, float] = {}
     clock = time.perf_counter()
     try:
         track("load", 0, 1)
         pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.from_pretrained(
-            pipeline, models_dir=models_dir, device=dev, dtype_override=dtype, offline=offline,
-            vram_preset=vram_preset)
+            pipeline, models_dir=args.models_dir, device=dev, dtype_override=args.dtype, offline=args.offline,
+            vram_preset=args.vram_preset)
+        run_type = pipe.check_ready(ptype, args.samplers)  # sampler settings and checkpoint files, nothing loaded
         matting: Matting | None = None
-        if isinstance(matting_model, nn.Module):  # a bare BiRefNet-interface network
-            matting = BiRefNetMatting(matting_model)
-        elif callable(matting_model):
-            matting = matting_model
-        if matting is None and needs_matting(img, background, mask_img):
-            matting = load_matting_model(matting_model, device=dev, models_dir=models_dir, offline=offline)
+        if cond_image is None:
+            if isinstance(matting_model, nn.Module):  # a bare BiRefNet-interface network
+                matting = BiRefNetMatting(matting_model)
+            elif callable(matting_model):
+                matting = matting_model
+            else:
+                matting = load_matting_model(matting_model, device=dev, models_dir=args.models_dir,
+                                             offline=args.offline)
         track("load", 1, 1)
         timings["load"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         track("background", 0, 1)
-        cond_image = prepare_image(img, background=background, mask=mask_img, matting=matting)
+        if cond_image is None:
+            with cancel_on_forward(matting, where="background removal", poll=track.cancelled):
+                cond_image = prepare_image(img, background=args.background, mask=mask_img, matting=matting)
         track("background", 1, 1)
-        timings["background"] = time.perf_counter() - clock
+        timings["background"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
-        ptype = ptype or pipe.config.default_pipeline_type
+        ptype = run_type.name
         track("condition", 0, 1)
-        cond = pipe.condition(cond_image, ptype)
+        with cancel_scope(track.cancelled):  # DINOv3 polls between its blocks
+            cond = pipe.condition(cond_image, run_type)
         track("condition", 1, 1)
         guarded = _FiniteModels(pipe.models, lambda: track.stage)
         try:
             runner = Pipeline(pipe.config, guarded, image_cond_model=pipe.image_cond_model,
                               models_dir=pipe.models_dir)
             hooks = StageHooks(progress=track, should_cancel=track.cancelled)
-            result = runner.run_from_conditioning(cond, seed=seed, pipeline_type=ptype, samplers=overrides,
-                                                  max_num_tokens=max_num_tokens, hooks=hooks,
-                                                  fast=FastPathConfig.fast() if fast is None else fast)
+            result = runner.run_from_conditioning(cond, seed=args.seed, pipeline_type=run_type,
+                                                  samplers=args.samplers, max_num_tokens=args.max_num_tokens,
+                                                  hooks=hooks, fast=FastPathConfig.fast() if fast is None else fast)
         finally:
             guarded.close()
         mesh, pbr = _check_outputs(result)
@@ -334,8 +298,9 @@ def image_to_glb(
 
         clock = time.perf_counter()
         track("export:start", 0, 1)
-        mesh = fill_holes(mesh)  # §8.2: decode_latent's hole filling (export fills again, §13 item 26)
-        report = export_glb(mesh, pbr, target, cfg, track)
+        with cancel_scope(track.cancelled):
+            mesh = fill_holes(mesh)  # §8.2: decode_latent's hole filling (export fills again, §13 item 26)
+            report = export_glb(mesh, pbr, args.target, cfg, track)
         timings["export"] = time.perf_counter() - clock
     except (RuntimeError, MemoryError) as err:
         if not _is_oom(err):
@@ -344,7 +309,7 @@ def image_to_glb(
             torch.cuda.empty_cache()
         raise OutOfMemoryError(
             f"out of memory on {dev} during stage {track.stage!r}: "
-            f"{_oom_hint(track.stage, str(ptype or 'default'), max_num_tokens, cfg)}") from err
+            f"{_oom_hint(track.stage, str(ptype or 'default'), args.max_num_tokens, cfg)}") from err
     log.info("image_to_glb: %s (%d faces) in %.1f s", report.path, report.faces, sum(timings.values()))
     return ImageToGlbResult(path=Path(report.path), export=report, pipeline=result, image=cond_image,
                             timings=timings)

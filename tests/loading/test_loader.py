@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from trellis2_core.errors import WeightsError
+from trellis2_core.errors import InputError, WeightsError
 from trellis2_core.loading import (
-    KEY_FIXES, ModelStore, PipelineConfig, load_model, read_model_json, resolve_model_files, resolve_pipeline_dir,
+    KEY_FIXES, ModelStore, Normalization, PipelineConfig, check_model, load_model, read_model_json,
+    resolve_model_files, resolve_pipeline_dir,
 )
-from trellis2_core.loading.safetensors_io import read_strict
+from trellis2_core.loading.safetensors_io import dtype_mismatch, read_strict
 
 KEYS = [
     "sparse_structure_flow_model", "sparse_structure_decoder", "shape_slat_flow_model_512",
@@ -78,8 +79,11 @@ def test_dtype_override_follows_the_model_policy(tiny):
     assert dtypes["blocks.0.norm2.weight"] == torch.float32
     dec = load_model(tiny, "tex_slat_decoder", dtype_override="float16")
     assert {p.dtype for p in dec.parameters()} >= {torch.float16, torch.float32}
-    with pytest.raises(ValueError, match="use_fp16"):
-        load_model(tiny, "tex_slat_decoder", dtype_override=torch.bfloat16)
+    # the VAEs' only precision switch is use_fp16: bfloat16 (asked for to avoid fp16 overflow) runs them in float32
+    dec = load_model(tiny, "tex_slat_decoder", dtype_override=torch.bfloat16)
+    assert {p.dtype for p in dec.parameters()} == {torch.float32}
+    with pytest.raises(InputError, match="dtype override"):
+        load_model(tiny, "tex_slat_decoder", dtype_override="int8")
 
 
 def test_resolve_local_sources(tiny, tmp_path):
@@ -254,3 +258,141 @@ def test_model_store_is_lazy_and_releases(tiny):
     assert store.loaded == ()
     store.get("tex_slat_decoder")
     assert calls == ["tex_slat_decoder", "sparse_structure_decoder", "tex_slat_decoder"]
+
+
+# ---------------------------------------------------------------------------------------------- corrupted weights
+SHAPE_512 = "ckpts/slat_flow_img2shape_dit_1_3B_512_bf16"
+
+
+@pytest.mark.parametrize("bad_dtype, found", [(torch.int32, "int32"), (torch.bool, "bool"),
+                                              (torch.float8_e4m3fn, "float8_e4m3fn"), (torch.int8, "int8")])
+def test_float_weight_stored_with_a_lossy_dtype_is_a_weights_error(pipe_copy, bad_dtype, found):
+    key = "blocks.0.self_attn.to_qkv.weight"
+    _edit(pipe_copy, SHAPE_512, lambda sd: {**sd, key: sd[key].to(bad_dtype)})
+    for check in (check_model, load_model):  # the header check (before loading) and the loader agree
+        with pytest.raises(WeightsError) as err:
+            check(pipe_copy, "shape_slat_flow_model_512")
+        msg = str(err.value)
+        assert "slat_flow_img2shape_dit_1_3B_512_bf16.safetensors" in msg and "re-download" in msg
+        assert f"{key}: expected float32" in msg and f"found {found}" in msg
+
+
+def test_lossless_float_dtypes_still_load(pipe_copy):
+    _edit(pipe_copy, SHAPE_512, lambda sd: {k: v.to(torch.float64) for k, v in sd.items()})
+    model = load_model(pipe_copy, "shape_slat_flow_model_512")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_read_strict_refuses_wrong_dtype_families(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_file({"w": torch.ones(2, dtype=torch.int64), "idx": torch.ones(2)}, str(path))
+    expected = {"w": torch.empty(2, device="meta"), "idx": torch.empty(2, dtype=torch.int64, device="meta")}
+    with pytest.raises(WeightsError, match=r"2 keys with the wrong dtype .*: idx: expected int64, found float32, "
+                                           r"w: expected float32, found int64"):
+        read_strict(path, expected)
+
+
+def test_dtype_mismatch_rules():
+    assert dtype_mismatch("k", torch.bfloat16, torch.float32) is None
+    assert dtype_mismatch("k", "F64", torch.float16) is None
+    assert dtype_mismatch("k", "I32", torch.int64) is None
+    assert "found int32" in dtype_mismatch("k", "I32", torch.float32)
+    assert "found float8_e5m2" in dtype_mismatch("k", torch.float8_e5m2, torch.bfloat16)
+    assert "found float32" in dtype_mismatch("k", torch.float32, torch.bool)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10, None])
+def test_corrupt_safetensors_found_by_the_header_check(pipe_copy, content):
+    path = pipe_copy / (SS_DEC + ".safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if content is None else content)
+    with pytest.raises(WeightsError, match=r"ss_dec_conv3d_16l8_fp16\.safetensors: unreadable, truncated or corrupt.*"
+                                           r"re-download it"):
+        check_model(pipe_copy, "sparse_structure_decoder")
+
+
+@pytest.mark.parametrize("arg, value", [("model_channels", "64"), ("num_blocks", -1), ("num_heads", 0),
+                                        ("in_channels", 1.5), ("cond_channels", [1]), ("dtype", "int8"),
+                                        ("pe_mode", "ape"), ("model_channels", 10**12)])
+def test_model_json_with_wrong_types_names_the_file(pipe_copy, arg, value):
+    """Unbuildable args fail while building (on the meta device); buildable but wrong ones against the header."""
+    js = pipe_copy / (SHAPE_512 + ".json")
+    data = json.loads(js.read_text())
+    assert arg in data["args"]
+    data["args"][arg] = value
+    js.write_text(json.dumps(data))
+    with pytest.raises(WeightsError) as err:
+        check_model(pipe_copy, "shape_slat_flow_model_512")
+    assert str(js) in str(err.value) and "re-download" in str(err.value)
+
+
+def test_missing_model_json_says_where_to_put_it(pipe_copy, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    (pipe_copy / (SHAPE_512 + ".json")).unlink()
+    with pytest.raises(WeightsError) as err:
+        check_model(pipe_copy, "shape_slat_flow_model_512", offline=True)
+    msg = str(err.value)
+    assert "missing slat_flow_img2shape_dit_1_3B_512_bf16.json" in msg and str(pipe_copy / "ckpts") in msg
+
+
+def test_pipeline_check_ready_finds_a_broken_checkpoint_before_any_model_loads(pipe_copy, tiny, monkeypatch):
+    import trellis2_core.loading.loader as loader
+    from trellis2_core.pipeline.pipeline import Pipeline
+
+    def no_loading(*_a, **_k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(loader, "load_model", no_loading)
+    shutil.copytree(tiny / "dinov3-tiny", pipe_copy / "dinov3-tiny", copy_function=shutil.copyfile)
+    pipe = Pipeline.from_pretrained(pipe_copy, offline=True)
+    assert pipe.check_ready("512").name == "512"
+    tex_dec = "ckpts/tex_dec_next_dc_f16c32_fp16.safetensors"
+    _edit(pipe_copy, tex_dec[:-12], lambda sd: {k: v.to(torch.int32) for k, v in sd.items()})
+    with pytest.raises(WeightsError, match="tex_dec_next_dc_f16c32_fp16.safetensors.*found int32"):
+        pipe.check_ready("512")
+    shutil.copyfile(tiny / tex_dec, pipe_copy / tex_dec)
+    with pytest.raises(InputError, match="pipeline type"):
+        pipe.check_ready("2176_cascade")
+    shutil.rmtree(pipe_copy / "dinov3-tiny")
+    with pytest.raises(WeightsError, match="dinov3"):
+        Pipeline.from_pretrained(pipe_copy, offline=True).check_ready("512")
+
+
+def test_dinov3_weights_with_int_dtype(tiny, tmp_path):
+    from trellis2_core.models.dinov3 import DinoV3FeatureExtractor
+
+    folder = tmp_path / "dinov3"
+    shutil.copytree(tiny / "dinov3-tiny", folder, copy_function=shutil.copyfile)
+    st = folder / "model.safetensors"
+    sd = load_file(str(st))
+    key = sorted(k for k in sd if k.endswith("weight"))[0]
+    save_file({**sd, key: sd[key].to(torch.int32)}, str(st))
+    with pytest.raises(WeightsError, match=rf"{key}: expected float32.*found int32"):
+        DinoV3FeatureExtractor.from_folder(folder)
+
+
+def test_normalisation_of_the_wrong_width_is_a_weights_error():
+    norm = Normalization((0.0, 0.0), (1.0, 1.0))
+    with pytest.raises(WeightsError, match="pipeline.json"):
+        norm.normalize(torch.zeros(3, 5))
+
+
+def test_hub_download_errors(monkeypatch):
+    import sys
+
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from trellis2_core.errors import BackendError
+    from trellis2_core.loading.sources import HubMiss, hub_download
+
+    def missing_entry(*_a, **_k):
+        raise EntryNotFoundError("404: ckpts/x.json not in acme/repo")  # no OSError in huggingface_hub >= 1
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing_entry)
+    with pytest.raises(HubMiss, match="EntryNotFoundError: 404"):
+        hub_download("acme/repo", "ckpts/x.json", offline=True)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(BackendError, match=r"getting acme/repo/ckpts/x.json from Hugging Face needs "
+                                           r"huggingface_hub>=0.24.*pip install"):
+        hub_download("acme/repo", "ckpts/x.json", offline=True)

@@ -100,7 +100,21 @@ def test_folders_and_output(fake_comfy):
     (fake_comfy.tmp / "models" / "trellis2" / "mine").mkdir(parents=True)
     (fake_comfy.tmp / "models" / "trellis2" / "mine" / "pipeline.json").write_text("{}")
     from nodes.load import list_sources
-    assert list_sources() == ["microsoft/TRELLIS.2-4B", "mine"]
+    assert list_sources() == ["microsoft/TRELLIS.2-4B", "mine", "demo"]
+
+
+def test_demo_source_is_the_random_demo_pipeline_unless_a_folder_is_named_so(fake_comfy, monkeypatch):
+    from nodes.load import _resolve
+    from trellis2_core.loading import random_pipeline
+
+    made = fake_comfy.tmp / "cache" / "demo-pipeline"
+    monkeypatch.setattr(random_pipeline, "demo_pipeline", lambda: made)
+    models = fake_comfy.tmp / "models"
+    assert _resolve("demo", models) == made
+    own = models / "trellis2" / "demo"
+    own.mkdir(parents=True)
+    (own / "pipeline.json").write_text("{}")
+    assert _resolve("demo", models) == own  # the user's own folder of that name wins
 
 
 def test_memory_calls_follow_the_preset(fake_comfy):

@@ -9,7 +9,7 @@ import torch
 
 from nodes import comfy_bridge as bridge
 from nodes.runtime import PipelineHandle, StageProgress, comfy_errors, resolve_preset
-from trellis2_core.errors import CancelledError
+from trellis2_core.errors import CancelledError, InputError
 
 
 class _Bar:
@@ -77,7 +77,7 @@ def test_out_of_memory_names_the_setting_to_lower():
 def test_auto_preset():
     assert resolve_preset("auto", torch.device("cpu")) == "high"
     assert resolve_preset("low", torch.device("cpu")) == "low"
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="vram_preset must be one of"):
         resolve_preset("huge", torch.device("cpu"))
 
 
@@ -123,7 +123,7 @@ def test_load_node_applies_preset_and_speed_to_the_library(tiny_pipeline):
     (h,) = Trellis2LoadModel().load("microsoft/TRELLIS.2-4B", "float32", "auto", "high", "cpu",
                                     custom_source=str(tiny_pipeline))
     assert h.fast == FastPathConfig.fast() and h.pipeline.models.vram_preset == "high"
-    with pytest.raises(ValueError, match="speed must be one of"):
+    with pytest.raises(InputError, match="Load TRELLIS.2 Model: widget 'speed' must be one of fast, eager"):
         Trellis2LoadModel().load("microsoft/TRELLIS.2-4B", "float32", "auto", "high", "cpu",
                                  custom_source=str(tiny_pipeline), speed="warp")
     (h,) = Trellis2LoadModel().load("microsoft/TRELLIS.2-4B", "float32", "flash", "high", "cpu",

@@ -105,7 +105,7 @@ def test_bad_inputs():
         remesh_narrow_band(tri, 64, project_back=2)
     with pytest.raises(InputError, match="resolution"):
         remesh_narrow_band(tri, 3)
-    with pytest.raises(InputError, match="non-empty"):
+    with pytest.raises(InputError, match="empty"):
         remesh_narrow_band(Mesh(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.int32)), 64)
     with pytest.raises(InputError, match="inside its grid"):
         remesh_narrow_band(Mesh(tri.vertices + 5, tri.faces), 64)

@@ -60,8 +60,8 @@ def test_crop_is_square_centred_with_zero_fill():
 
 
 def test_crop_odd_size_rounds_half_even():
-    img = _rgba(40, 40, (5, 5, 12, 10))  # bbox x 5..11, y 5..9: size 6, centre (8, 7)
-    assert crop_to_foreground(img).size == (6, 6)
+    img = _rgba(40, 40, (5, 5, 16, 12))  # bbox x 5..15 (11 px), y 5..11: size 10, centre (10, 8)
+    assert crop_to_foreground(img).size == (10, 10)
 
 
 def test_premultiply_formula_and_truncation():

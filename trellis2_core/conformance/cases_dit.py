@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..pipeline.sampler import SamplerParams, SamplerResult, sample_flow_euler
 from ..sparse.tensor import SparseTensor
 from .case import Case
@@ -20,7 +21,7 @@ def _sparse_input(case: Case, name: str) -> SparseTensor | None:
     if feats is None and coords is None:
         return None
     if feats is None or coords is None:
-        raise ValueError(f"case {case.name}: sparse input {name!r} needs both {name}.feats and {name}.coords")
+        raise InputError(f"case {case.name}: sparse input {name!r} needs both {name}.feats and {name}.coords")
     return SparseTensor(feats, coords.to(torch.int32))
 
 
@@ -28,7 +29,7 @@ def _input(case: Case, name: str) -> Tensor:
     try:
         return case.inputs[name]
     except KeyError:
-        raise ValueError(f"case {case.name}: missing input tensor {name!r}") from None
+        raise InputError(f"case {case.name}: missing input tensor {name!r}") from None
 
 
 def run_dit_dense(case: Case) -> dict[str, Tensor]:
@@ -44,7 +45,7 @@ def run_dit_sparse(case: Case) -> dict[str, Tensor]:
     model = case.model(case.params["model"])
     x = _sparse_input(case, "x")
     if x is None:
-        raise ValueError(f"case {case.name}: missing sparse input 'x' (x.feats / x.coords)")
+        raise InputError(f"case {case.name}: missing sparse input 'x' (x.feats / x.coords)")
     extra = {}
     concat = _sparse_input(case, "concat_cond")
     if concat is not None:

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..errors import InputError
 from ..models.dinov3 import IMAGENET_MEAN, IMAGENET_STD, DinoV3FeatureExtractor
 from ..preprocess import preprocess_image
 from .case import Case
@@ -17,13 +18,13 @@ def _param(case: Case, name: str):
     try:
         return case.params[name]
     except KeyError:
-        raise ValueError(f"case {case.name}: missing param {name!r}") from None
+        raise InputError(f"case {case.name}: missing param {name!r}") from None
 
 
 def _open_image(case: Case, name: str) -> Image.Image:
     path = case.directory / name
     if not path.is_file():
-        raise ValueError(f"case {case.name}: image {path} not found")
+        raise InputError(f"case {case.name}: image {path} not found")
     with Image.open(path) as img:
         img.load()
         return img.copy()
@@ -46,6 +47,6 @@ def run_preprocess(case: Case) -> dict[str, Tensor]:
         image = image.convert(mode)
     size = case.inputs.get("input.size_wh")
     if size is not None and tuple(int(v) for v in size.tolist()) != image.size:
-        raise ValueError(f"case {case.name}: input image is {image.size}, case says {tuple(size.tolist())}")
+        raise InputError(f"case {case.name}: input image is {image.size}, case says {tuple(size.tolist())}")
     out = preprocess_image(image)
     return {"output.rgb": torch.from_numpy(np.array(out, dtype=np.uint8))}

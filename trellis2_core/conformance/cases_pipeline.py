@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..loading import PipelineConfig
 from ..pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS, Pipeline, PipelineResult
 from ..pipeline.stages import Conditioning, SamplingRun, StageHooks
@@ -70,7 +71,7 @@ def run_pipeline(case: Case) -> dict[str, Tensor]:
     """Whole pipeline from the case's conditioning, seed and pipeline type (DINOv3 and preprocessing skipped)."""
     p = case.params
     if "cond_512" not in case.inputs:
-        raise ValueError(f"case {case.name}: missing input tensor 'cond_512'")
+        raise InputError(f"case {case.name}: missing input tensor 'cond_512'")
     config = PipelineConfig.from_pipeline_json(case.pipeline_dir())
     pipe = Pipeline(config, case.model)
     cond = Conditioning(case.inputs["cond_512"], case.inputs.get("cond_1024"))

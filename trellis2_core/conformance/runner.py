@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Sequence, TextIO
 
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..loading import ModelStore
 from .case import Case, load_case
 from .compare import FAIL, NEAR, PASS, compare_case
@@ -100,9 +101,10 @@ class Runner:
         try:
             cases = json.loads(path.read_text())["cases"]
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: cannot read the case list ({type(err).__name__}: {err})") from err
+            raise InputError(f"{path}: cannot read the case list ({type(err).__name__}: {err}); pass the golden "
+                             "folder that holds index.json") from err
         if not isinstance(cases, dict):
-            raise ValueError(f"{path}: 'cases' must map case names to kinds")
+            raise InputError(f"{path}: 'cases' must map case names to kinds; regenerate index.json")
         return {str(k): str(v) for k, v in cases.items()}
 
     def _store(self, pipeline_dir: Path) -> ModelStore:
@@ -127,7 +129,7 @@ class Runner:
             case = load_case(self.directory, name, kind, model)
             candidate = handler(case)
             if not isinstance(candidate, Mapping):
-                raise TypeError(f"handler returned {type(candidate).__name__}, expected a dict of tensors")
+                raise InputError(f"handler returned {type(candidate).__name__}, expected a dict of tensors")
             golden = {**case.inputs, **case.expected}
             result = compare_case(golden, candidate, case.meta, aux=self.aux, near_overlap=self.near_overlap)
             verdict, detail = result.verdict, result.summary()
@@ -148,7 +150,7 @@ class Runner:
         if only:
             unknown = [n for n in only if n not in index]
             if unknown:
-                raise ValueError(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(index)}")
+                raise InputError(f"--only: unknown case(s) {', '.join(unknown)}; known: {', '.join(index)}")
             index = {k: v for k, v in index.items() if k in set(only)}
         results = []
         for name, kind in index.items():

@@ -8,7 +8,6 @@ Schema (``{"name": ..., "args": {...}}``): ``args.models`` maps pipeline keys to
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -17,13 +16,13 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..errors import WeightsError
+from ..errors import InputError, WeightsError
+from ..params import parse_pipeline_type
 
 __all__ = ["PipelineConfig", "SamplerSpec", "Normalization", "PIPELINE_JSON", "DEFAULT_PIPELINE_TYPE"]
 
 PIPELINE_JSON = "pipeline.json"
 DEFAULT_PIPELINE_TYPE = "1024_cascade"  # §1.1: code default
-_PIPELINE_TYPE = re.compile(r"^\d+(_cascade)?$")  # '512', '1024', '1024_cascade', '1536_cascade', ...
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,9 @@ class Normalization:
 
     def _vectors(self, like: Tensor) -> tuple[Tensor, Tensor]:
         if like.shape[-1] != self.channels:
-            raise ValueError(f"normalisation has {self.channels} channels, features have {like.shape[-1]}")
+            raise WeightsError(f"pipeline.json's latent normalisation has {self.channels} channels but the latent "
+                               f"has {like.shape[-1]}: pipeline.json does not belong to these checkpoints; "
+                               "re-download the pipeline folder")
         mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device)
         std = torch.tensor(self.std, dtype=like.dtype, device=like.device)
         return mean, std
@@ -121,6 +122,9 @@ class PipelineConfig:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as err:
             raise _fail(path, f"not valid JSON ({err})") from err
+        except OSError as err:
+            raise WeightsError(f"{path}: cannot read it ({err}); check its permissions or re-download the pipeline "
+                               "folder") from err
         return cls.from_dict(data, root=path.parent, source=path)
 
     @classmethod
@@ -160,8 +164,11 @@ class PipelineConfig:
         cond_cls, cond_name = _sub_model_name(path, args, "image_cond_model")
         rembg_cls, rembg_name = _sub_model_name(path, args, "rembg_model")
         ptype = args.get("default_pipeline_type", DEFAULT_PIPELINE_TYPE)
-        if not isinstance(ptype, str) or not _PIPELINE_TYPE.match(ptype):
-            raise _fail(path, f"'default_pipeline_type' {ptype!r} is not a pipeline type like '1024_cascade'")
+        try:
+            parse_pipeline_type(ptype, "default_pipeline_type")
+        except InputError as err:
+            raise _fail(path, f"'default_pipeline_type' {ptype!r} is not a pipeline type like '1024_cascade' "
+                              f"({err})") from None
         low_vram = args.get("low_vram")
         if low_vram is not None and not isinstance(low_vram, bool):
             raise _fail(path, "'low_vram' must be true or false")

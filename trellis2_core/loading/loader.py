@@ -13,14 +13,15 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import InputError, WeightsError
 from ..models import model_class
 from .config import PIPELINE_JSON, PipelineConfig
 from .residency import Residency
-from .safetensors_io import read_strict
+from .safetensors_io import check_strict, read_strict
 from .sources import resolve_model_files, resolve_model_folder
 
-__all__ = ["load_model", "load_image_cond_model", "read_model_json", "ModelStore", "KEY_FIXES", "as_config"]
+__all__ = ["load_model", "check_model", "load_image_cond_model", "resolve_image_cond_folder", "read_model_json",
+           "ModelStore", "KEY_FIXES", "as_config"]
 
 # The one rename/drop table (style §3.8): official class name -> {file key: new key, or None = drop}.
 # rope_phases: complex RoPE buffer of the dense flow model, derived data we recompute (§4.3, §13.11).
@@ -51,21 +52,60 @@ def read_model_json(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 def _with_dtype(args: dict[str, Any], dtype: torch.dtype | str | None, where: Path) -> dict[str, Any]:
-    """Override the json's precision knob (``dtype`` for DiTs, ``use_fp16`` for VAEs) with ``dtype``."""
+    """Override the json's precision knob (``dtype`` for DiTs, ``use_fp16`` for VAEs) with ``dtype``.
+
+    The VAEs only know float16 and float32 (``use_fp16``): asked for bfloat16 (chosen to avoid float16's overflow)
+    they run in float32.
+    """
     if dtype is None:
         return args
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None) if dtype in _DTYPE_NAMES.values() else None
     if dtype not in _DTYPE_NAMES:
-        raise ValueError(f"dtype_override must be float32, float16 or bfloat16, got {dtype!r}")
+        raise InputError(f"dtype override must be float32, float16 or bfloat16 (or None for the checkpoints' own), "
+                         f"got {dtype!r}")
     args = dict(args)
     if "dtype" in args:
         args["dtype"] = _DTYPE_NAMES[dtype]
     elif "use_fp16" in args:
-        if dtype == torch.bfloat16:
-            raise ValueError(f"{where}: this model's precision switch is use_fp16; override with float16 or float32")
         args["use_fp16"] = dtype == torch.float16
     return args
+
+
+_BUILD_ERRORS = (TypeError, ValueError, RuntimeError, AttributeError, KeyError, IndexError, OverflowError,
+                 ZeroDivisionError, MemoryError)  # what a constructor raises on args of the wrong type or value
+
+
+def _build_meta(config: PipelineConfig, key: str, dtype_override: torch.dtype | str | None,
+                offline: bool | None) -> tuple[nn.Module, str, Path, Path]:
+    """``(model on the meta device, class name, safetensors path, json path)`` of pipeline model ``key``."""
+    json_path, st_path = resolve_model_files(config.root, config.model_ref(key), offline=offline)
+    name, args = read_model_json(json_path)
+    args = _with_dtype(args, dtype_override, json_path)
+    try:
+        cls = model_class(name)
+    except ValueError as err:
+        raise WeightsError(f"{json_path}: {err}; re-download it") from err
+    try:
+        with torch.device("meta"):
+            model = cls(**args)
+    except _BUILD_ERRORS as err:
+        raise WeightsError(f"{json_path}: cannot build {name} from its args ({type(err).__name__}: {err}); the "
+                           "model config is corrupted or belongs to another model: re-download it") from err
+    return model, name, st_path, json_path
+
+
+def check_model(pipeline_dir_or_config: str | Path | PipelineConfig, key: str, *,
+                dtype_override: torch.dtype | str | None = None, offline: bool | None = None) -> None:
+    """Check pipeline model ``key`` without loading it: its files exist, its .json builds the model (on the meta
+    device) and the safetensors header has exactly the keys, shapes and castable dtypes it needs.
+
+    Raises:
+        WeightsError: naming the file at fault and what to do (see :func:`load_model`).
+    """
+    config = as_config(pipeline_dir_or_config)
+    model, name, st_path, json_path = _build_meta(config, key, dtype_override, offline)
+    check_strict(st_path, model.state_dict(), fixes=KEY_FIXES.get(name), config_name=str(json_path))
 
 
 def load_model(pipeline_dir_or_config: str | Path | PipelineConfig, key: str, *,
@@ -77,20 +117,9 @@ def load_model(pipeline_dir_or_config: str | Path | PipelineConfig, key: str, *,
     model's own policy (the json ``dtype``/``use_fp16``, or ``dtype_override``).
     """
     config = as_config(pipeline_dir_or_config)
-    json_path, st_path = resolve_model_files(config.root, config.model_ref(key), offline=offline)
-    name, args = read_model_json(json_path)
-    args = _with_dtype(args, dtype_override, json_path)
-    try:
-        cls = model_class(name)
-    except ValueError as err:
-        raise WeightsError(f"{json_path}: {err}") from err
-    try:
-        with torch.device("meta"):
-            model = cls(**args)
-    except (TypeError, ValueError) as err:
-        raise WeightsError(f"{json_path}: cannot build {name} from its args ({err})") from err
+    model, name, st_path, json_path = _build_meta(config, key, dtype_override, offline)
     expected = model.state_dict()  # meta tensors: shapes and runtime dtypes
-    state = read_strict(st_path, expected, fixes=KEY_FIXES.get(name), device=device)
+    state = read_strict(st_path, expected, fixes=KEY_FIXES.get(name), device=device, config_name=str(json_path))
     model.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
@@ -108,6 +137,23 @@ def _is_hf_model_folder(path: Path) -> bool:
         (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file())
 
 
+def resolve_image_cond_folder(pipeline_dir_or_config: str | Path | PipelineConfig, *,
+                              models_dir: str | Path | None = None, offline: bool | None = None) -> Path:
+    """The folder of the DINOv3 conditioner named by ``pipeline.json`` ``image_cond_model`` (see
+    :func:`load_image_cond_model`); WeightsError saying where it looked and where to put it."""
+    from ..models.dinov3 import DEFAULT_MODEL_NAME
+
+    config = as_config(pipeline_dir_or_config)
+    cls_name = config.image_cond_model_class or "DinoV3FeatureExtractor"
+    if cls_name != "DinoV3FeatureExtractor":
+        raise WeightsError(f"{config.root / PIPELINE_JSON}: image_cond_model {cls_name!r} is not supported "
+                           "(only DinoV3FeatureExtractor)")
+    name = config.image_cond_model or DEFAULT_MODEL_NAME
+    return resolve_model_folder(
+        name, base_dir=config.root, models_dir=models_dir, subfolders=("dinov3", "trellis2"),
+        hub_files=("config.json", "model.safetensors"), offline=offline, is_complete=_is_hf_model_folder)
+
+
 def load_image_cond_model(pipeline_dir_or_config: str | Path | PipelineConfig, *,
                           models_dir: str | Path | None = None, device: str | torch.device = "cpu",
                           offline: bool | None = None) -> nn.Module:
@@ -120,14 +166,8 @@ def load_image_cond_model(pipeline_dir_or_config: str | Path | PipelineConfig, *
     from ..models.dinov3 import DEFAULT_MODEL_NAME, KNOWN_CONFIGS, DinoV3FeatureExtractor
 
     config = as_config(pipeline_dir_or_config)
-    cls_name = config.image_cond_model_class or "DinoV3FeatureExtractor"
-    if cls_name != "DinoV3FeatureExtractor":
-        raise WeightsError(f"{config.root / PIPELINE_JSON}: image_cond_model {cls_name!r} is not supported "
-                           "(only DinoV3FeatureExtractor)")
+    folder = resolve_image_cond_folder(config, models_dir=models_dir, offline=offline)
     name = config.image_cond_model or DEFAULT_MODEL_NAME
-    folder = resolve_model_folder(
-        name, base_dir=config.root, models_dir=models_dir, subfolders=("dinov3", "trellis2"),
-        hub_files=("config.json", "model.safetensors"), offline=offline, is_complete=_is_hf_model_folder)
     known = KNOWN_CONFIGS.get(name) or KNOWN_CONFIGS.get(f"facebook/{folder.name}")
     return DinoV3FeatureExtractor.from_folder(folder, config=known, device=device)
 

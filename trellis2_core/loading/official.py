@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
+from ..errors import InputError
+
 __all__ = ["MODEL_REFS", "SAMPLERS", "NORMALIZATIONS", "DINOV3_FULL", "DINOV3_TINY", "FULL", "TINY",
            "pipeline_json", "model_specs"]
 
@@ -118,7 +120,7 @@ TINY: dict[str, tuple[str, dict[str, Any]]] = _specs(
 def model_specs(size: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """A deep copy of :data:`FULL` (``size='full'``) or :data:`TINY` (``'tiny'``)."""
     if size not in ("full", "tiny"):
-        raise ValueError(f"size must be 'full' or 'tiny', got {size!r}")
+        raise InputError(f"size must be 'full' or 'tiny', got {size!r}")
     return copy.deepcopy(FULL if size == "full" else TINY)
 
 

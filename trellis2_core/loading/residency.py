@@ -21,6 +21,7 @@ import logging
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..models.streaming import DEVICE_ATTR, STREAM_ATTR
 from .offload import BlockStreamer, CopyStream, HostWeights, PendingCopy, stream_units
 
@@ -41,7 +42,7 @@ def resolve_preset(preset: str, device: torch.device | str, free_bytes: int | No
     free, ``medium`` with ≥ 10 GiB, else ``low``. ``free_bytes`` overrides the measured free memory (ComfyUI
     passes what it could free)."""
     if preset not in VRAM_PRESETS:
-        raise ValueError(f"vram_preset must be one of {', '.join(VRAM_PRESETS)}, got {preset!r}")
+        raise InputError(f"vram_preset must be one of {', '.join(VRAM_PRESETS)}, got {preset!r}")
     device = torch.device(device)
     if preset != "auto":
         return preset

@@ -42,21 +42,30 @@ def looks_like_repo_id(name: str) -> bool:
 
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
+    """What a failed Hub lookup raises: OSError/ValueError, the hub's own errors (``EntryNotFoundError`` is no
+    OSError in huggingface_hub 1.x/2.x) and the HTTP client's (httpx, or httpx2 in huggingface_hub 2.x)."""
+    import importlib
+
     errors: list[type[BaseException]] = [OSError, ValueError]
-    try:
-        import httpx
-        errors.append(httpx.HTTPError)
-    except ImportError:
-        pass
+    for module, names in (("huggingface_hub.errors", ("EntryNotFoundError", "HfHubHTTPError")),
+                          ("httpx", ("HTTPError",)), ("httpx2", ("HTTPError",))):
+        try:
+            found = importlib.import_module(module)
+        except ImportError:
+            continue
+        errors += [getattr(found, name) for name in names if isinstance(getattr(found, name, None), type)]
     return tuple(errors)
 
 
 def hub_download(repo_id: str, filename: str, *, offline: bool | None = None) -> Path:
-    """Download (or find in the HF cache) one file of ``repo_id``; raises ``HubMiss`` with the reason."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as err:
-        raise HubMiss("huggingface_hub is not installed (pip install huggingface_hub)") from err
+    """Download (or find in the HF cache) one file of ``repo_id``; raises ``HubMiss`` with the reason.
+
+    Raises:
+        BackendError: huggingface_hub is missing, too old or broken (with the install command).
+    """
+    from ..optional import require
+
+    hf_hub_download = require("huggingface_hub", f"getting {repo_id}/{filename} from Hugging Face").hf_hub_download
     cache_dir = os.environ.get("HF_HUB_CACHE") or None
     try:
         path = hf_hub_download(repo_id, filename, cache_dir=cache_dir, local_files_only=is_offline(offline))

@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 from .types import Mesh
 
 __all__ = ["flexible_dual_grid_to_mesh", "QUAD_OFFSETS"]
@@ -29,7 +31,7 @@ AabbLike = Sequence[Sequence[float]] | Tensor
 def _aabb_tensor(aabb: AabbLike, device: torch.device) -> tuple[Tensor, Tensor]:
     box = torch.as_tensor(aabb, dtype=torch.float32, device=device)
     if box.shape != (2, 3):
-        raise ValueError(f"aabb must be ((xmin, ymin, zmin), (xmax, ymax, zmax)), got shape {list(box.shape)}")
+        raise InputError(f"aabb must be ((xmin, ymin, zmin), (xmax, ymax, zmax)), got shape {list(box.shape)}")
     return box[0], box[1]
 
 
@@ -38,20 +40,20 @@ def _grid_tensor(grid_size: int | Sequence[int], device: torch.device) -> Tensor
     if g.numel() == 1:
         g = g.expand(3)
     if g.numel() != 3 or bool((g <= 0).any()):
-        raise ValueError(f"grid_size must be a positive int or 3 positive ints, got {grid_size!r}")
+        raise InputError(f"grid_size must be a positive int or 3 positive ints, got {grid_size!r}")
     return g
 
 
 def _check_inputs(coords: Tensor, dual_vertices: Tensor, intersected: Tensor, split_weight: Tensor) -> Tensor:
     n = coords.shape[0] if coords.dim() == 2 else -1
     if coords.dim() != 2 or coords.shape[1] != 3 or coords.dtype.is_floating_point:
-        raise ValueError(f"coords must be an integer tensor [N, 3] (x, y, z), got {coords.dtype} {list(coords.shape)}")
+        raise InputError(f"coords must be an integer tensor [N, 3] (x, y, z), got {coords.dtype} {list(coords.shape)}")
     if dual_vertices.shape != (n, 3) or not dual_vertices.dtype.is_floating_point:
-        raise ValueError(f"dual_vertices must be float [{n}, 3], got {dual_vertices.dtype} {list(dual_vertices.shape)}")
+        raise InputError(f"dual_vertices must be float [{n}, 3], got {dual_vertices.dtype} {list(dual_vertices.shape)}")
     if intersected.shape != (n, 3):
-        raise ValueError(f"intersected must be bool [{n}, 3], got {intersected.dtype} {list(intersected.shape)}")
+        raise InputError(f"intersected must be bool [{n}, 3], got {intersected.dtype} {list(intersected.shape)}")
     if split_weight.shape not in ((n, 1), (n,)):
-        raise ValueError(f"split_weight must be [{n}, 1], got {list(split_weight.shape)}")
+        raise InputError(f"split_weight must be [{n}, 1], got {list(split_weight.shape)}")
     return split_weight.reshape(n)
 
 
@@ -90,7 +92,7 @@ def flexible_dual_grid_to_mesh(
         return Mesh.unchecked(vertices.contiguous(), torch.empty((0, 3), dtype=torch.int32, device=device))
     c = coords.to(torch.int64)
     if bool((c < 0).any()):
-        raise ValueError("coords must be non-negative grid indices")
+        raise InputError("coords must be non-negative grid indices")
 
     # Packed keys with one spare slot per axis so that coord + 1 never aliases another voxel; packing is linear,
     # so a corner's key is the voxel's key plus a per-(axis, corner) constant.

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 __all__ = ["Mesh", "PbrVoxels", "PBR_LAYOUT", "z_up_to_y_up"]
 
 # §8.3: channel slices of the 6 PBR attributes decoded by the texture decoder.
@@ -23,11 +25,11 @@ PBR_LAYOUT: dict[str, slice] = {
 
 def _check_matrix(name: str, t: Tensor, cols: int, dtype: torch.dtype) -> None:
     if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 2 or t.shape[1] != cols:
-        raise ValueError(f"{name} must have shape [N, {cols}], got {list(t.shape)}")
+        raise InputError(f"{name} must have shape [N, {cols}], got {list(t.shape)}")
     if t.dtype != dtype:
-        raise ValueError(f"{name} must be {dtype}, got {t.dtype}")
+        raise InputError(f"{name} must be {dtype}, got {t.dtype} (convert with .to({dtype}))")
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,13 @@ class Mesh:
         _check_matrix("Mesh.vertices", self.vertices, 3, torch.float32)
         _check_matrix("Mesh.faces", self.faces, 3, torch.int32)
         if self.vertices.device != self.faces.device:
-            raise ValueError(f"Mesh vertices are on {self.vertices.device} but faces on {self.faces.device}")
+            raise InputError(f"Mesh vertices are on {self.vertices.device} but faces on {self.faces.device}")
         if self.validate and self.faces.numel() > 0:
             lo, hi = int(self.faces.min()), int(self.faces.max())
             if lo < 0 or hi >= self.vertices.shape[0]:
-                raise ValueError(
-                    f"Mesh faces index vertices {lo}..{hi} but there are only {self.vertices.shape[0]} vertices"
+                raise InputError(
+                    f"Mesh faces index vertices {lo}..{hi} but there are only {self.vertices.shape[0]} vertices; "
+                    "every face index must be in 0..V-1"
                 )
 
     @classmethod
@@ -88,12 +91,12 @@ class PbrVoxels:
         _check_matrix("PbrVoxels.coords", self.coords, 3, torch.int32)
         _check_matrix("PbrVoxels.attrs", self.attrs, 6, torch.float32)
         if self.coords.shape[0] != self.attrs.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"PbrVoxels needs one attribute row per voxel: {self.coords.shape[0]} coords vs "
                 f"{self.attrs.shape[0]} attrs"
             )
         if not isinstance(self.resolution, int) or self.resolution <= 0:
-            raise ValueError(f"PbrVoxels.resolution must be a positive int, got {self.resolution!r}")
+            raise InputError(f"PbrVoxels.resolution must be a positive int, got {self.resolution!r}")
 
     @property
     def layout(self) -> dict[str, slice]:
@@ -120,11 +123,11 @@ class PbrVoxels:
         try:
             return self.attrs[:, PBR_LAYOUT[name]]
         except KeyError:
-            raise ValueError(f"unknown PBR attribute {name!r}; one of {', '.join(PBR_LAYOUT)}") from None
+            raise InputError(f"unknown PBR attribute {name!r}; one of {', '.join(PBR_LAYOUT)}") from None
 
 
 def z_up_to_y_up(points: Tensor) -> Tensor:
     """Convert ``[..., 3]`` points/normals from the model's Z-up frame to glTF's Y-up: ``(x, y, z) → (x, z, −y)``."""
     if points.shape[-1] != 3:
-        raise ValueError(f"z_up_to_y_up needs a trailing dim of 3, got {list(points.shape)}")
+        raise InputError(f"z_up_to_y_up needs a trailing dim of 3, got {list(points.shape)}")
     return torch.stack((points[..., 0], points[..., 2], -points[..., 1]), dim=-1)

@@ -45,15 +45,15 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as err:
-        raise BackendError(
-            "DINOv3 conditioning needs the 'transformers' package: pip install 'transformers>=4.56'"
-        ) from err
+    """The ``transformers`` module, or BackendError naming its version and the install command."""
+    from ..optional import REQUIREMENTS, require
+
+    transformers = require("transformers", "DINOv3 conditioning")
     if not hasattr(transformers, "DINOv3ViTModel"):
+        req = REQUIREMENTS["transformers"]
         raise BackendError(
-            f"transformers {transformers.__version__} has no DINOv3ViTModel; upgrade: pip install 'transformers>=4.56'"
+            f"DINOv3 conditioning needs {req.spec}, but transformers {getattr(transformers, '__version__', '?')} "
+            f"has no DINOv3ViTModel: {req.fix()}"
         )
     return transformers
 
@@ -193,6 +193,10 @@ class DinoV3FeatureExtractor(nn.Module):
         expected = vit.state_dict()
         sd = _remap_keys(_read_state_dict(files, drop_prefixes), set(expected))
         _check_strict(where, sd, expected)
+        from ..loading.safetensors_io import check_dtypes, dtype_mismatch  # loading imports models: not at the top
+
+        check_dtypes(where, [line for k in sorted(sd) if (line := dtype_mismatch(k, sd[k].dtype, expected[k].dtype))],
+                     f"re-download the DINOv3 weights (https://huggingface.co/{DEFAULT_MODEL_NAME})")
         sd = {k: v.to(device=device, dtype=torch.float32) if v.is_floating_point() else v.to(device)
               for k, v in sd.items()}  # §13.33: always fp32, whatever the file or transformers default
         vit.load_state_dict(sd, strict=True, assign=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..sparse import SparseTensor
 
 __all__ = ["quantize_coords", "hr_coords_from_lr", "cascade_hr_coords"]
@@ -24,7 +25,8 @@ def quantize_coords(coords: Tensor, lr_resolution: int, hr_res: int) -> Tensor:
     zero, as the official code; the batch column is kept.
     """
     if coords.dim() != 2 or coords.shape[1] != 4:
-        raise ValueError(f"coords must be [M, 4] (batch, x, y, z), got {list(coords.shape)}")
+        raise InputError(f"cascade coords must be [M, 4] int (batch, x, y, z), got {list(coords.shape)}; pass the "
+                         "shape decoder's upsample output")
     grid = hr_res // 16
     spatial = ((coords[:, 1:] + 0.5) / lr_resolution * grid).to(torch.int32)  # float32 ops, truncation
     hr = torch.cat([coords[:, :1].to(torch.int32), spatial], dim=1)
@@ -39,9 +41,10 @@ def hr_coords_from_lr(coords: Tensor, lr_resolution: int, resolution: int, max_n
     ``resolution`` must be 1024 plus a multiple of 128 (the loop would otherwise never reach its floor).
     """
     if resolution < _FLOOR_RES or (resolution - _FLOOR_RES) % _STEP:
-        raise ValueError(f"cascade resolution must be 1024 + k·128 (1024, 1152, …, 1536, …), got {resolution}")
+        raise InputError(f"cascade resolution must be 1024 + k·128 (1024, 1152, ..., 1536, ..., 2048), got "
+                         f"{resolution}; use a pipeline type such as '1536_cascade'")
     if max_num_tokens <= 0:
-        raise ValueError(f"max_num_tokens must be positive, got {max_num_tokens}")
+        raise InputError(f"max_num_tokens must be positive, got {max_num_tokens}; the official cap is 49152")
     hr_res = resolution
     while True:
         hr = quantize_coords(coords, lr_resolution, hr_res)

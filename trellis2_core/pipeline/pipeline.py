@@ -15,9 +15,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..cancel import cancel_on_forward, cancel_scope
 from ..config import FastPathConfig
-from ..loading import ModelStore, PipelineConfig, as_config, load_image_cond_model, resolve_pipeline_dir
+from ..loading import (
+    ModelStore, PipelineConfig, as_config, check_model, load_image_cond_model, resolve_image_cond_folder,
+    resolve_pipeline_dir,
+)
 from ..models.streaming import weights_on_device
+from ..params import check_device_name, check_dtype_name, check_max_num_tokens, check_seed
 from ..preprocess import preprocess_image
 from .sampler import SamplerParams
 from .stages import (
@@ -69,7 +74,10 @@ class Pipeline:
                         device: str | torch.device = "cpu", dtype_override: torch.dtype | str | None = None,
                         offline: bool | None = None, vram_preset: str = "high") -> "Pipeline":
         """Resolve ``source`` (folder, ComfyUI models-dir name or HF repo id) and set up lazy model loading;
-        ``vram_preset`` ('high', 'medium', 'low', 'auto') as in :class:`~trellis2_core.loading.ModelStore`."""
+        ``vram_preset`` ('high', 'medium', 'low', 'auto') as in :class:`~trellis2_core.loading.ModelStore`.
+        Nothing is loaded yet (see :meth:`check_ready`)."""
+        check_device_name(device)
+        check_dtype_name(dtype_override, "dtype_override")
         root = resolve_pipeline_dir(source, models_dir=models_dir, offline=offline)
         config = PipelineConfig.from_pipeline_json(root)
         store = ModelStore(config, device=device, dtype_override=dtype_override, offline=offline,
@@ -85,7 +93,8 @@ class Pipeline:
             residency = getattr(self.models, "residency", None)
             offloads = residency is not None and residency.offloads
             model = load_image_cond_model(self.config, models_dir=self.models_dir,
-                                          device="cpu" if offloads else device)
+                                          device="cpu" if offloads else device,
+                                          offline=getattr(self.models, "offline", None))
             self._image_cond_model = self.models.adopt(IMAGE_COND_KEY, model) if offloads else model
         return self._image_cond_model
 
@@ -93,10 +102,45 @@ class Pipeline:
         """DINOv3 tokens at 512 px and, unless the type is '512', at 1024 px (§1.1 stage 1)."""
         ptype = self._type(pipeline_type)
         extractor = self.image_cond_model
-        with weights_on_device(extractor):
+        with weights_on_device(extractor), cancel_on_forward(extractor, where="image conditioning (DINOv3)"):
             cond_512 = extractor.features(image, 512)
             cond_1024 = extractor.features(image, 1024) if ptype.resolution != 512 else None
         return Conditioning(cond_512, cond_1024)
+
+    @property
+    def image_cond_model_loaded(self) -> bool:
+        """Whether the DINOv3 conditioner is already in memory (given or loaded)."""
+        return self._image_cond_model is not None
+
+    # ------------------------------------------------------------------ checks
+    def check_ready(self, pipeline_type: PipelineType | str | None = None,
+                    samplers: SamplerOverrides | None = None, *, label: str = "pipeline type") -> PipelineType:
+        """Check, before any model loads, that a run of ``pipeline_type`` with ``samplers`` can start.
+
+        Every stage's sampler settings (pipeline.json merged with the overrides) are valid, the normalisations
+        exist, and for each model the run needs that is not loaded yet: its checkpoint files exist, its .json
+        builds the model and the safetensors header matches it (keys, shapes, dtypes; no tensor is read). The DINOv3
+        folder is located. Models from a custom getter (not a :class:`ModelStore`) are not checked.
+
+        Raises:
+            InputError: bad pipeline type or sampler settings (``label`` names the type's flag/widget).
+            WeightsError: a missing or broken checkpoint, naming the file and the fix.
+        """
+        ptype = pipeline_type if isinstance(pipeline_type, PipelineType) else PipelineType.parse(
+            pipeline_type or self.config.default_pipeline_type, label)
+        samplers = samplers or SamplerOverrides()
+        for stage in ("sparse_structure", "shape_slat", "tex_slat"):
+            self.sampler_params(stage, getattr(samplers, stage))
+        for latent in ("shape_slat", "tex_slat"):
+            self.config.normalization(latent)
+        store = self.models
+        if isinstance(store, ModelStore):
+            for key in ptype.model_keys:
+                if key not in store:
+                    check_model(self.config, key, dtype_override=store.dtype_override, offline=store.offline)
+            if self._image_cond_model is None:
+                resolve_image_cond_folder(self.config, models_dir=self.models_dir, offline=store.offline)
+        return ptype
 
     # ------------------------------------------------------------------ runs
     def _type(self, pipeline_type: PipelineType | str | None) -> PipelineType:
@@ -118,7 +162,8 @@ class Pipeline:
         ptype = self._type(pipeline_type)
         if preprocess:
             image = preprocess_image(image, mask)
-        cond = self.condition(image, ptype)
+        with cancel_scope(hooks.should_cancel):  # DINOv3 polls between its blocks
+            cond = self.condition(image, ptype)
         return self.run_from_conditioning(cond, seed=seed, pipeline_type=ptype, samplers=samplers,
                                           max_num_tokens=max_num_tokens, hooks=hooks, fast=fast)
 
@@ -131,9 +176,11 @@ class Pipeline:
                               fast: FastPathConfig | None = None) -> PipelineResult:
         """Sampling and decoding from precomputed conditioning; noise order SS, shape (LR, HR), texture (§1.5)."""
         ptype = self._type(pipeline_type)
+        seed = check_seed(seed)
+        check_max_num_tokens(max_num_tokens)
         samplers = samplers or SamplerOverrides()
         gen = torch.Generator(device="cpu")
-        gen.manual_seed(int(seed))
+        gen.manual_seed(seed)
         get = self.models
         structure = sample_structure(
             get("sparse_structure_flow_model"), get("sparse_structure_decoder"), cond.at(512),
@@ -152,5 +199,7 @@ class Pipeline:
             get(ptype.tex_model), cond.at(ptype.cond_resolution), shape.slat,
             self.sampler_params("tex_slat", samplers.tex_slat), shape_norm, self.config.normalization("tex_slat"),
             gen, hooks, fast=fast)
-        decoded = decode(get("shape_slat_decoder"), get("tex_slat_decoder"), shape.slat, material.slat, shape.res)
+        with cancel_scope(hooks.should_cancel):  # decoders poll between their blocks
+            decoded = decode(get("shape_slat_decoder"), get("tex_slat_decoder"), shape.slat, material.slat,
+                             shape.res)
         return PipelineResult(ptype, int(seed), cond, structure, shape, material, decoded)

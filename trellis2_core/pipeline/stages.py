@@ -9,17 +9,18 @@ PyTorch's global RNG.
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..cancel import cancel_on_forward
 from ..config import FastPathConfig
 from ..errors import InputError
 from ..loading.config import Normalization
 from ..mesh.types import Mesh, PbrVoxels
+from ..params import parse_pipeline_type
 from ..models.structure_decoder import occupancy_to_coords
 from ..models.streaming import execution_device, is_offloaded, weights_on_device
 from ..models.texture_decoder import pbr_voxels
@@ -35,7 +36,6 @@ __all__ = [
 
 Latent = Union[Tensor, SparseTensor]
 LR_RESOLUTION = 512  # §1.3: the cascade's LR stage always decodes to 512³
-_TYPE = re.compile(r"^(\d+)(_cascade)?$")
 
 
 @dataclass(frozen=True)
@@ -48,18 +48,15 @@ class PipelineType:
     cascade: bool
 
     @classmethod
-    def parse(cls, name: str) -> "PipelineType":
-        """'512', '1024', '1024_cascade', '1536_cascade' (and larger ``N_cascade``, N = 1024 + k·128)."""
-        m = _TYPE.match(str(name))
-        if m is None:
-            raise InputError(f"unknown pipeline type {name!r}; use '512', '1024', '1024_cascade' or '1536_cascade'")
-        res, cascade = int(m.group(1)), m.group(2) is not None
+    def parse(cls, name: str, label: str = "pipeline type") -> "PipelineType":
+        """'512', '1024', '1024_cascade', '1536_cascade' (and ``N_cascade``, N = 1024 + k·128 up to 2048).
+
+        Raises:
+            InputError: not a pipeline type, naming ``label`` (the flag or widget the user set).
+        """
+        res, cascade = parse_pipeline_type(name, label)
         if cascade:
-            if res < 1024 or (res - 1024) % 128:
-                raise InputError(f"cascade resolution must be 1024 + k·128 (1024, 1152, …, 1536), got {name!r}")
             return cls(str(name), 32, res, True)
-        if res not in (512, 1024):
-            raise InputError(f"pipeline type {name!r}: without cascade only '512' and '1024' exist")
         return cls(str(name), 32 if res == 512 else 64, res, False)
 
     @property
@@ -70,6 +67,13 @@ class PipelineType:
     @property
     def tex_model(self) -> str:
         return "tex_slat_flow_model_512" if self.resolution == 512 else "tex_slat_flow_model_1024"
+
+    @property
+    def model_keys(self) -> tuple[str, ...]:
+        """The pipeline models a run of this type uses, in stage order."""
+        shape = (("shape_slat_flow_model_512", "shape_slat_flow_model_1024") if self.cascade else (self.shape_model,))
+        return ("sparse_structure_flow_model", "sparse_structure_decoder", *shape, self.tex_model,
+                "shape_slat_decoder", "tex_slat_decoder")
 
     @property
     def cond_resolution(self) -> int:
@@ -179,7 +183,7 @@ def _sample(model: nn.Module, noise: Latent, cond: Tensor, params: SamplerParams
         from ..models.fp8 import fp8_block_linears  # imports torch._dynamo and triton: only when asked for
 
         fp8 = fp8_block_linears(model)
-    with attn, fp8:
+    with attn, fp8, cancel_on_forward(model, where=f"the {stage} sampler", poll=hooks.should_cancel):
         res = sample_flow_euler(model, noise, cond_in, neg_cond, params, extra=extra, on_step=on_step,
                                 should_cancel=hooks.should_cancel, record_calls=hooks.record_calls, stage=stage,
                                 fast=fast)
@@ -198,7 +202,7 @@ def sample_structure(flow: nn.Module, decoder: nn.Module, cond: Tensor, params: 
     with weights_on_device(flow):  # on the device for this stage only, under the medium/low VRAM presets
         run = _sample(flow, noise, cond, params, hooks, "sparse_structure", fast=fast)
     latent = run.samples
-    with weights_on_device(decoder):
+    with weights_on_device(decoder), cancel_on_forward(decoder, where="structure decoding", poll=hooks.should_cancel):
         logits = decoder(latent.to(execution_device(decoder)))
     coords = occupancy_to_coords(logits, ss_res)
     if coords.shape[0] == 0:
@@ -235,7 +239,8 @@ def sample_shape_cascade(flow_lr: nn.Module, flow_hr: nn.Module, shape_decoder: 
                          hooks: StageHooks = StageHooks(), *, fast: FastPathConfig | None = None) -> ShapeLatent:
     """§1.3: LR sample on ``coords`` → decoder ``upsample`` → HR coords (resolution loop) → HR sample."""
     lr_slat, lr_run = _sample_slat(flow_lr, lr_cond, coords, params, norm, generator, hooks, "shape_lr", fast)
-    with weights_on_device(shape_decoder):
+    with weights_on_device(shape_decoder), cancel_on_forward(shape_decoder, where="shape upsampling",
+                                                             poll=hooks.should_cancel):
         up = shape_decoder.upsample(lr_slat.to(execution_device(shape_decoder)), upsample_times=4)  # [M, 4] at 512³
     hr_coords, hr_res = hr_coords_from_lr(up, LR_RESOLUTION, resolution, max_num_tokens)
     slat, hr_run = _sample_slat(flow_hr, cond, hr_coords, params, norm, generator, hooks, "shape_hr", fast)
@@ -266,11 +271,11 @@ def sample_material(flow: nn.Module, cond: Tensor, shape_slat: SparseTensor, par
 def decode(shape_decoder: nn.Module, tex_decoder: nn.Module | None, shape_slat: SparseTensor,
            tex_slat: SparseTensor | None, res: int) -> Decoded:
     """Shape decoder at grid ``res`` → meshes + subdivisions; texture decoder guided by them → PBR voxels (§5.2)."""
-    with weights_on_device(shape_decoder):
+    with weights_on_device(shape_decoder), cancel_on_forward(shape_decoder, where="mesh decoding"):
         dec = shape_decoder.decode(shape_slat.to(execution_device(shape_decoder)), int(res))
     pbr: list[PbrVoxels] = []
     if tex_decoder is not None and tex_slat is not None:
-        with weights_on_device(tex_decoder):
+        with weights_on_device(tex_decoder), cancel_on_forward(tex_decoder, where="texture decoding"):
             raw = tex_decoder(tex_slat.to(execution_device(tex_decoder)), guide_subs=dec.subs)
         pbr = pbr_voxels(raw, int(res))
     return Decoded(meshes=list(dec.meshes), pbr=pbr, subs=list(dec.subs), res=int(res))

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..cancel import checkpoint
+from ..errors import InputError
 from ._graph import edge_table, face_geometry
 
 __all__ = ["cluster_charts", "merge_cones"]
@@ -64,7 +66,7 @@ def cluster_charts(
     edge-connected. Degenerate faces (zero area) get the axis +z and join any neighbour whose cone allows it.
     """
     if not 0.0 < max_cone_angle < math.pi / 2:
-        raise ValueError(f"max_cone_angle must be in (0, pi/2) radians, got {max_cone_angle!r}")
+        raise InputError(f"max_cone_angle must be in (0, pi/2) radians (1°..89°), got {max_cone_angle!r}")
     device = vertices.device
     nf = faces.shape[0]
     f64 = torch.float64
@@ -79,6 +81,7 @@ def cluster_charts(
     label = torch.arange(nf, device=device)
     ea, eb, elen = _adjacency(vertices.to(f64), faces)
     while ea.numel() > 0:
+        checkpoint("UV chart clustering")
         ca, cb = label[ea], label[eb]
         keep = ca != cb
         ea, eb, elen, ca, cb = ea[keep], eb[keep], elen[keep], ca[keep], cb[keep]

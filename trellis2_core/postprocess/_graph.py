@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..cancel import checkpoint
+
 __all__ = ["EdgeTable", "edge_table", "union_find", "face_geometry"]
 
 
@@ -84,6 +86,7 @@ def union_find(n: int, u: Tensor, v: Tensor, relation: Tensor | None = None) -> 
     v = v.to(torch.int64)
     rel = torch.zeros_like(u) if relation is None else relation.to(torch.int64)
     while u.numel() > 0:
+        checkpoint("a mesh connectivity pass")
         parent, parity = _compress(parent, parity)
         ru, rv = parent[u], parent[v]
         cross = ru != rv

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..cancel import checkpoint
+
 __all__ = ["Placement", "pack_charts", "rotate_cells"]
 
 _FREE = -(1 << 40)  # profile value of an empty column: below any skyline, so max() ignores it
@@ -96,6 +98,7 @@ def pack_charts(
     offset = np.zeros((num, 2), dtype=np.int64)
     csum = np.zeros(atlas_width + 1, dtype=np.int64)
     for c in order:
+        checkpoint("UV chart packing")
         best = None
         ceiling = int(sky.max())
         np.cumsum(sky, out=csum[1:])

@@ -18,6 +18,11 @@ Steps (official numbering):
 6. Seam fill of uncovered texels. Instead of OpenCV's Telea inpainting (radius 3 / 1) we run a few rounds of 3×3
    average dilation (crisp seams) and then push-pull (every remaining texel gets the coverage-weighted average of
    the coarsest mip level that has data), so mip-mapping never pulls in black. No OpenCV dependency.
+
+Every step polls for cancellation between chunks (:func:`~trellis2_core.cancel.checkpoint`): rasterisation per
+face chunk on the CPU, projection per closest-point batch, sampling per texel chunk, seam fill per round/level.
+Inputs are checked first (finite UVs and positions, faces in range, finite voxel attributes): a corrupt input is an
+:class:`~trellis2_core.errors.InputError`, never a crash inside a step.
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._kernels import kernels  # noqa: F401  (registers trellis2_kernels)
+from ..cancel import checkpoint
+from ..errors import InputError
+from ..mesh.checks import check_int, check_mesh, check_voxels
 from ..mesh.types import PBR_LAYOUT, Mesh, PbrVoxels
 from .closest import TriangleGrid
 
@@ -38,7 +46,8 @@ from trellis2_kernels.uv_raster import uv_raster  # noqa: E402
 __all__ = ["BakedTextures", "bake_pbr_textures", "rasterize_positions", "project_to_surface", "sample_pbr_voxels",
            "to_uint8", "fill_uncovered", "PROJECTION_RADIUS_VOXELS"]
 
-_CHUNK = 1 << 20  # texels sampled per chunk (bounds temporary memory: ~300 B per texel)
+_CHUNK = 1 << 18  # texels sampled per chunk (bounds temporary memory: ~300 B per texel; one cancel poll each)
+_RASTER_FACES = 1 << 15  # faces rasterised per call on the CPU (one cancel poll each; the highest id still wins)
 _FALLBACK_RADIUS = 2  # voxels searched around points whose 8 neighbours are all absent
 PROJECTION_RADIUS_VOXELS = 8.0  # step 3 search radius; farther points keep their position
 _RING = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)  # 8-neighbourhood
@@ -65,7 +74,8 @@ def rasterize_positions(uvs: Tensor, faces: Tensor, positions: Tensor, size: int
     """
     uv_px = (uvs.to(torch.float32) * size).contiguous()
     f64 = faces.to(torch.int64)
-    face_id = uv_raster(uv_px, faces.to(torch.int32).contiguous(), size, size, policy=policy)  # [T, T] int32
+    face_id = _raster(uv_px, faces.to(torch.int32).contiguous(), size, policy)  # [T, T] int32
+    checkpoint("texture rasterisation")
     covered = face_id >= 0
     flat = covered.reshape(-1).nonzero().squeeze(1)
     fid = face_id.reshape(-1).index_select(0, flat).to(torch.int64)
@@ -86,9 +96,27 @@ def rasterize_positions(uvs: Tensor, faces: Tensor, positions: Tensor, size: int
     w_c = (1.0 - (k[0] + k[1] * px + k[2] * py) - (k[3] + k[4] * px + k[5] * py)).clamp_(min=0.0)
     norm = (w_a + w_b + w_c).clamp_(min=1e-12)
     w_a, w_b, w_c = w_a / norm, w_b / norm, w_c / norm
+    checkpoint("texture rasterisation")
     pos = corner.index_select(1, fid)  # [9, K]
     points = torch.stack([w_a * pos[i] + w_b * pos[3 + i] + w_c * pos[6 + i] for i in range(3)], dim=1)
+    checkpoint("texture rasterisation")
     return covered, points
+
+
+def _raster(uv_px: Tensor, faces: Tensor, size: int, policy: KernelPolicy | None) -> Tensor:
+    """``uv_raster`` of all faces; on the CPU in face chunks merged by maximum (same result: higher ids win),
+    polling for cancellation between chunks."""
+    if uv_px.device.type != "cpu" or faces.shape[0] <= _RASTER_FACES:
+        checkpoint("texture rasterisation")
+        return uv_raster(uv_px, faces, size, size, policy=policy)
+    face_id: Tensor | None = None
+    for start in range(0, faces.shape[0], _RASTER_FACES):
+        checkpoint("texture rasterisation")
+        part = uv_raster(uv_px, faces[start:start + _RASTER_FACES], size, size, policy=policy)
+        part = torch.where(part >= 0, part + start, part)
+        face_id = part if face_id is None else torch.maximum(face_id, part)
+    assert face_id is not None
+    return face_id
 
 
 class _VoxelIndex:
@@ -149,6 +177,7 @@ def _nearest_fallback(index: _VoxelIndex, attrs: Tensor, q: Tensor) -> Tensor:
     best_d = torch.full((q.shape[0],), float("inf"), dtype=q.dtype, device=q.device)
     best_row = torch.full((q.shape[0],), -1, dtype=torch.int64, device=q.device)
     for off in itertools.product(range(-r, r + 1), repeat=3):
+        checkpoint("texture sampling")
         i = cell + torch.tensor(off, device=q.device)
         inside = ((i >= -1) & (i <= index.resolution + 1)).all(1)
         row, _ = index.find(index.key(i.clamp(-1, index.resolution + 1)))
@@ -188,6 +217,7 @@ def sample_pbr_voxels(voxels: PbrVoxels, points: Tensor, fallback: bool = True) 
     index = _VoxelIndex(voxels.coords.to(points.device), voxels.resolution)
     out = torch.empty(points.shape[0], attrs.shape[1], dtype=torch.float32, device=points.device)
     for start in range(0, points.shape[0], _CHUNK):
+        checkpoint("texture sampling")
         p = points[start:start + _CHUNK].to(torch.float32)
         q = (p + 0.5) * voxels.resolution  # origin −0.5, voxel size 1/res (§8.3)
         value, wsum = _trilinear_chunk(index, padded, q)
@@ -239,18 +269,22 @@ def fill_uncovered(image: Tensor, covered: Tensor, dilate_rounds: int = 3) -> Te
     values = image.to(torch.float32)
     known = covered.clone()
     for _ in range(dilate_rounds):
+        checkpoint("texture seam fill")
         _dilate_once(values, known)
     # push: coverage-weighted mip pyramid; pull: every empty texel takes the next coarser level's value
     x = values.permute(2, 0, 1)[None]  # [1, C, T, T]
     wt = known.to(torch.float32)[None, None]
     levels = [(x * wt, wt)]
     while levels[-1][1].shape[-1] > 1 or levels[-1][1].shape[-2] > 1:
+        checkpoint("texture seam fill")
         xs, ws = levels[-1]
         levels.append((F.avg_pool2d(xs, 2, ceil_mode=True), F.avg_pool2d(ws, 2, ceil_mode=True)))
     filled = levels[-1][0] / levels[-1][1].clamp(min=1e-12)
     for xs, ws in reversed(levels[1:-1]):
+        checkpoint("texture seam fill")
         up = F.interpolate(filled, size=ws.shape[-2:], mode="nearest")
         filled = torch.where(ws > 0, xs / ws.clamp(min=1e-12), up)
+    checkpoint("texture seam fill")
     up = F.interpolate(filled, size=wt.shape[-2:], mode="nearest")[0].permute(1, 2, 0)
     out = torch.where(known[..., None], values, up)
     return out.round().clamp(0, 255).to(torch.uint8).contiguous()
@@ -264,18 +298,48 @@ def bake_pbr_textures(uvs: Tensor, faces: Tensor, positions: Tensor, voxels: Pbr
     ``uvs`` [V, 2] in [0, 1], ``faces`` [F, 3] into ``uvs``/``positions`` [V, 3] (world, Z-up, same frame as the
     voxels). ``surface`` is the hole-filled original mesh the texel points are projected onto (step 3); leave it
     out only when ``positions`` already lie on it (e.g. the mesh was neither decimated nor remeshed). Runs on the
-    device of ``uvs``.
+    device of ``uvs``. Raises :class:`~trellis2_core.errors.InputError` for corrupt inputs (module docstring) and
+    :class:`~trellis2_core.errors.CancelledError` when an active cancel poll fires.
     """
+    size = _check_bake_inputs(uvs, faces, positions, voxels, size, surface)
     covered, points = rasterize_positions(uvs, faces, positions, size, policy)
     if surface is not None and points.shape[0] > 0:
         points = project_to_surface(points, surface, PROJECTION_RADIUS_VOXELS / voxels.resolution)
     attrs = sample_pbr_voxels(voxels, points, fallback=fallback)  # [K, 6]
+    checkpoint("texture baking")
     texels = torch.zeros(size * size, 6, dtype=torch.uint8, device=uvs.device)
     texels[covered.reshape(-1)] = to_uint8(attrs)
     texels = fill_uncovered(texels.view(size, size, 6), covered)
+    checkpoint("texture baking")
     lay = PBR_LAYOUT
     rgba = torch.cat((texels[..., lay["base_color"]], texels[..., lay["alpha"]]), dim=-1)
     mr = torch.cat((torch.zeros_like(texels[..., :1]), texels[..., lay["roughness"]], texels[..., lay["metallic"]]),
                    dim=-1)
     return BakedTextures(base_color=rgba.contiguous(), metallic_roughness=mr.contiguous(),
                          coverage=float(covered.float().mean()))
+
+
+def _check_bake_inputs(uvs: Tensor, faces: Tensor, positions: Tensor, voxels: PbrVoxels, size: int,
+                       surface: Mesh | TriangleGrid | None) -> int:
+    """Shapes, dtypes, index range and finiteness of the bake inputs; returns ``size`` as an int."""
+    size = check_int(size, "texture size", 1, 16384)
+    for name, t, cols in (("uvs", uvs, 2), ("positions", positions, 3)):
+        if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[1] != cols or not t.dtype.is_floating_point:
+            raise InputError(f"bake: {name} must be a float tensor [V, {cols}], got "
+                             f"{getattr(t, 'dtype', type(t).__name__)} {list(getattr(t, 'shape', []))}")
+        if not bool(torch.isfinite(t).all()):
+            raise InputError(f"bake: the {name} contain NaN or infinite values; unwrap a valid mesh again")
+    if uvs.shape[0] != positions.shape[0]:
+        raise InputError(f"bake: {uvs.shape[0]} uvs but {positions.shape[0]} positions; they must match per vertex")
+    if not isinstance(faces, Tensor) or faces.dim() != 2 or faces.shape[1] != 3 or faces.dtype.is_floating_point:
+        raise InputError(f"bake: faces must be an integer tensor [F, 3], got {getattr(faces, 'dtype', type(faces))} "
+                         f"{list(getattr(faces, 'shape', []))}")
+    if faces.shape[0] == 0:
+        raise InputError("bake: the mesh has no faces, nothing to bake; check the previous mesh step")
+    lo, hi = int(faces.min()), int(faces.max())
+    if lo < 0 or hi >= uvs.shape[0]:
+        raise InputError(f"bake: faces index vertices {lo}..{hi} but there are {uvs.shape[0]} vertices")
+    check_voxels(voxels, "bake")
+    if isinstance(surface, Mesh):
+        check_mesh(surface, "bake (projection surface)")
+    return size

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..cancel import checkpoint
+from ..mesh.checks import check_mesh, check_number
 from ..mesh.types import Mesh
 from ._graph import edge_table, face_geometry, union_find
 
@@ -30,7 +32,8 @@ def _keep_faces(mesh: Mesh, keep: Tensor) -> Mesh:
 
 
 def remove_degenerate_faces(mesh: Mesh, abs_area: float = 1e-24, rel_area: float = 1e-12) -> Mesh:
-    """Drop faces with a repeated vertex or with area ``< min(rel_area · ℓmax², abs_area)`` (§9.4 step 1)."""
+    """Drop faces with a repeated vertex or with area ``< min(rel_area · ℓmax², abs_area)`` (§9.4 step 1), and
+    faces of zero area (also three distinct vertices at one point, where that threshold is 0 too)."""
     if mesh.num_faces == 0:
         return mesh
     f = mesh.faces
@@ -38,7 +41,7 @@ def remove_degenerate_faces(mesh: Mesh, abs_area: float = 1e-24, rel_area: float
     p = mesh.vertices[f.to(torch.int64)]  # [F, 3, 3]
     _, area = face_geometry(mesh.vertices, f)
     lmax2 = (p - p.roll(1, dims=1)).square().sum(-1).amax(dim=1)  # [F]
-    tiny = area < torch.clamp(rel_area * lmax2, max=abs_area)
+    tiny = (area < torch.clamp(rel_area * lmax2, max=abs_area)) | (area <= 0)
     return _keep_faces(mesh, ~(repeated | tiny))
 
 
@@ -83,6 +86,7 @@ def remove_small_components(mesh: Mesh, min_area: float = 1e-5) -> Mesh:
 
 def remove_unreferenced_vertices(mesh: Mesh) -> tuple[Mesh, Tensor]:
     """Drop vertices no face uses. Returns the mesh and ``kept`` ``[V']`` int64: old index of each new vertex."""
+    check_mesh(mesh, "remove unreferenced vertices", allow_empty=True)
     device = mesh.vertices.device
     used = torch.zeros(mesh.num_vertices, dtype=torch.bool, device=device)
     used[mesh.faces.to(torch.int64).reshape(-1)] = True
@@ -103,6 +107,7 @@ def unify_orientation(mesh: Mesh, outward: bool = True) -> Mesh:
     ``outward`` each component is then flipped as a whole if its signed volume is negative, so closed shells face
     outwards (for open sheets the choice is arbitrary but deterministic).
     """
+    check_mesh(mesh, "unify orientation", allow_empty=True)
     if mesh.num_faces == 0:
         return mesh
     f = mesh.faces
@@ -124,9 +129,17 @@ def unify_orientation(mesh: Mesh, outward: bool = True) -> Mesh:
 
 
 def clean_mesh(mesh: Mesh, min_component_area: float = 0.0, orient: bool = True) -> Mesh:
-    """Degenerate faces → duplicate faces → (optional) small components → (optional) orientation, in that order."""
+    """Degenerate faces → duplicate faces → (optional) small components → (optional) orientation, in that order.
+
+    An empty mesh is returned unchanged; every face may be removed (the caller decides whether that is an error).
+    Raises :class:`~trellis2_core.errors.InputError` for a corrupt mesh (NaN vertices, faces out of range).
+    """
+    check_mesh(mesh, "mesh clean-up", allow_empty=True)
+    check_number(min_component_area, "min_component_area (0 disables)", 0.0, float("inf"))
     mesh = remove_degenerate_faces(mesh)
     mesh = remove_duplicate_faces(mesh)
+    checkpoint("cleaning the mesh")
     if min_component_area > 0:
         mesh = remove_small_components(mesh, min_component_area)
+        checkpoint("cleaning the mesh")
     return unify_orientation(mesh) if orient else mesh

@@ -12,7 +12,8 @@ grid points (§9.2). This module answers the same queries with plain, vectorised
   ring cannot hold anything closer. The answer is exact (the same distance a brute-force search finds); points
   with nothing within ``max_distance`` get face ``-1``.
 
-Work is done in chunks of candidate pairs, so memory stays bounded (about ``_PAIR_BATCH`` × 150 bytes).
+Work is done in chunks of candidate pairs, so memory stays bounded (about ``_PAIR_BATCH`` × 150 bytes); each chunk
+polls for cancellation (:func:`~trellis2_core.cancel.checkpoint`).
 """
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..cancel import checkpoint
 from ..errors import InputError
 
 __all__ = ["ClosestPoints", "TriangleGrid", "closest_point_on_triangles", "closest_points", "sorted_positions"]
 
 _QUERY_CHUNK = 1 << 18  # queries searched together
 _PAIR_BATCH = 1 << 22  # (query, triangle) pairs evaluated together: bounds temporary memory
+_PAIR_BATCH_CPU = 1 << 18  # smaller on the CPU: one batch takes well under a second between two cancel polls
 _MAX_ENTRIES_PER_FACE = 16  # the cell size grows until the grid lists at most this many cells per face on average
 _MAX_CELLS_PER_AXIS = 1 << 20  # packed int64 cell keys need dims below 2^21 per axis
 
@@ -187,6 +190,7 @@ class TriangleGrid:
         h = float(cell_size) if cell_size is not None else float((box_hi - box_lo).amax(1).mean().clamp(min=1e-12))
         h = max(h, float(extent.max()) / _MAX_CELLS_PER_AXIS)
         while True:
+            checkpoint("closest-point grid build")
             cell_lo = torch.floor((box_lo - self.origin) / h).to(torch.int64)
             cell_hi = torch.floor((box_hi - self.origin) / h).to(torch.int64)
             span = cell_hi - cell_lo + 1  # [m, 3]
@@ -194,7 +198,9 @@ class TriangleGrid:
             if int(per_face.sum()) <= _MAX_ENTRIES_PER_FACE * faces.shape[0] + 64:
                 break
             h *= 1.5
+        checkpoint("closest-point grid build")
         self.cell_size = h
+        self.pair_batch = _PAIR_BATCH if self.device.type != "cpu" else _PAIR_BATCH_CPU
         self.dims = (cell_hi.amax(0) + 1).clamp(min=1)  # [3] int64
         # faces in the order of their first cell: candidates of one cell sit close together in the tables
         self.face_id = torch.sort(self._key(cell_lo), stable=True).indices  # [m] local -> input face id
@@ -213,6 +219,7 @@ class TriangleGrid:
         normal = torch.where(sound, cross / length.clamp(min=1e-300), 0.0).to(self.dtype)
         # rows: box min (3), box max (3), unit normal (3), normal·a — two lower bounds of a point's distance
         self.bound = torch.cat((box_lo, box_hi, normal, (normal * a).sum(1, keepdim=True)), 1).t().contiguous()
+        checkpoint("closest-point grid build")
         face_of, rank = _expand(per_face)
         sp = span[face_of]
         offset = torch.stack((rank % sp[:, 0], (rank // sp[:, 0]) % sp[:, 1], rank // (sp[:, 0] * sp[:, 1])), 1)
@@ -255,9 +262,18 @@ class TriangleGrid:
         order = torch.sort(self._key(home + 1)).indices
         local = torch.full((q_n,), -1, dtype=torch.int64, device=self.device)
         for s in range(0, q_n, _QUERY_CHUNK):
+            checkpoint("closest-point search")
             rows = order[s:s + _QUERY_CHUNK]
             local[rows] = self._search(p_all.index_select(0, rows), float(max_distance))
-        return self._answer(p_all, local)
+        if q_n <= _QUERY_CHUNK:
+            return self._answer(p_all, local)
+        parts = []
+        for s in range(0, q_n, _QUERY_CHUNK):  # chunked: bounded memory, one cancel poll each
+            checkpoint("closest-point search")
+            parts.append(self._answer(p_all[s:s + _QUERY_CHUNK], local[s:s + _QUERY_CHUNK]))
+        return ClosestPoints(face=torch.cat([x.face for x in parts]), bary=torch.cat([x.bary for x in parts]),
+                             point=torch.cat([x.point for x in parts]),
+                             distance=torch.cat([x.distance for x in parts]))
 
     def _answer(self, p: Tensor, local: Tensor) -> ClosestPoints:
         found = local >= 0
@@ -316,9 +332,10 @@ class TriangleGrid:
                                  [cheb == ring])
         offs, waves = self._rings[ring]
         width = offs.numel()
-        step = max(1, _PAIR_BATCH // (4 * width ** 3))
+        step = max(1, self.pair_batch // (4 * width ** 3))
         h = self.cell_size
         for s in range(0, alive.numel(), step):
+            checkpoint("closest-point search")
             q = alive[s:s + step]
             hq = home.index_select(0, q)
             cell = hq[:, :, None] + offs  # [k, 3, L] per-axis cell index
@@ -328,6 +345,7 @@ class TriangleGrid:
             gap = gap.masked_fill((cell < 0) | (cell >= self.dims[:, None]), math.inf)
             total = gap[:, 0, :, None, None] + gap[:, 1, None, :, None] + gap[:, 2, None, None, :]  # [k, L, L, L]
             for wave in waves:  # nearest cells first, so the later waves prune against a tighter best
+                checkpoint("closest-point search")
                 near = wave & (total < best_d2.index_select(0, q)[:, None, None, None])
                 qi, i, j, l = near.nonzero().unbind(1)
                 if qi.numel() == 0:
@@ -345,7 +363,8 @@ class TriangleGrid:
 
         Faces whose lower bound — the larger of the bounding-box gap and the distance to the face's plane — is not
         below the point's best are skipped before the exact test."""
-        for b0, b1 in _batches(count, _PAIR_BATCH):
+        for b0, b1 in _batches(count, self.pair_batch):
+            checkpoint("closest-point search")
             o, rank = _expand(count[b0:b1])
             qid = owner[b0:b1].index_select(0, o)
             fid = self.entry_face.index_select(0, start[b0:b1].index_select(0, o) + rank)

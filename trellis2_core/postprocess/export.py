@@ -14,6 +14,7 @@ Geometry, two official branches (``ExportConfig.remesh``):
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -24,7 +25,9 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ..errors import CancelledError, InputError
+from ..cancel import cancel_scope, checkpoint
+from ..errors import InputError
+from ..mesh.checks import check_mesh, check_voxels
 from ..mesh.types import Mesh, PbrVoxels
 from .bake import bake_pbr_textures
 from .clean import clean_mesh, remove_unreferenced_vertices
@@ -41,7 +44,8 @@ log = logging.getLogger(__name__)
 
 
 class ExportProgress(Protocol):
-    """What :func:`export_glb` reports to; ``cancelled`` is optional (checked between stages)."""
+    """What :func:`export_glb` reports to; ``cancelled`` is optional (polled between stages and inside their long
+    loops, at most every 10 ms: see :mod:`trellis2_core.cancel`)."""
 
     def step(self, stage: str, i: int, n: int) -> None: ...
 
@@ -112,20 +116,14 @@ class ExportReport:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
+_NOTHING_LEFT = ("no faces are left after clean-up (every face was degenerate, duplicate or part of a piece smaller "
+                 "than min_component_area); lower min_component_area or check the decoder output")
+_MAX_COORDINATE = 1e3  # the decoder's frame is the unit cube; far beyond it the voxels cannot texture anything
+
+
 def _validate(mesh: object, voxels: object) -> None:
-    if not isinstance(mesh, Mesh):
-        raise InputError(f"export_glb needs a trellis2_core Mesh, got {type(mesh).__name__}")
-    if not isinstance(voxels, PbrVoxels):
-        raise InputError(f"export_glb needs PbrVoxels for the textures, got {type(voxels).__name__}")
-    if mesh.num_faces == 0 or mesh.num_vertices == 0:
-        raise InputError("the mesh is empty (no faces): nothing to export; check the decoder output")
-    if not bool(torch.isfinite(mesh.vertices).all()):
-        raise InputError("the mesh has NaN or infinite vertex coordinates; the decoder output is corrupt")
-    lo, hi = int(mesh.faces.min()), int(mesh.faces.max())
-    if lo < 0 or hi >= mesh.num_vertices:
-        raise InputError(f"mesh faces index vertices {lo}..{hi} but there are {mesh.num_vertices} vertices")
-    if voxels.coords.shape[0] > 0 and not bool(torch.isfinite(voxels.attrs).all()):
-        raise InputError("the PBR voxels have NaN or infinite attributes")
+    check_mesh(mesh, "GLB export", max_abs=_MAX_COORDINATE)
+    check_voxels(voxels, "GLB export")
 
 
 def vertex_normals(mesh: Mesh) -> Tensor:
@@ -150,12 +148,26 @@ def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, confi
                progress: ExportProgress | None = None) -> ExportReport:
     """Post-process ``mesh`` (Z-up, inside [-0.5, 0.5]³), bake ``pbr_voxels`` into textures and write a GLB.
 
-    Runs on the mesh's device (decimation on the CPU). Raises :class:`InputError` for empty/corrupt inputs or an
-    unwritable ``path`` (checked before any work), :class:`CancelledError` if ``progress.cancelled()`` turns true.
+    Runs on the mesh's device (decimation on the CPU). Raises :class:`InputError` for empty/corrupt inputs (NaN
+    vertices or voxel attributes, faces out of range, coordinates far outside the unit cube, nothing left after
+    clean-up) or an unusable ``path`` (checked before any work), and
+    :class:`~trellis2_core.errors.CancelledError` within about a second of ``progress.cancelled()`` (or any
+    enclosing :func:`~trellis2_core.cancel.cancel_scope` poll) turning true; a cancelled or failed export leaves
+    no file behind.
     """
+    if config is not None and not isinstance(config, ExportConfig):
+        raise InputError(f"export config must be an ExportConfig, got {type(config).__name__}")
     cfg = config or ExportConfig()
     _validate(mesh, pbr_voxels)
     target = check_output_path(path)
+    with contextlib.ExitStack() as scope:
+        return _export(mesh, pbr_voxels, target, cfg, progress, scope)
+
+
+def _export(mesh: Mesh, pbr_voxels: PbrVoxels, target, cfg: ExportConfig, progress: ExportProgress | None,
+            scope: contextlib.ExitStack) -> ExportReport:
+    """The export stages of :func:`export_glb` (inputs checked). ``progress.cancelled`` becomes an active cancel
+    poll once the first stage has been reported (so a progress object is always asked after its first step)."""
     stages = ["fill_holes", "remesh" if cfg.remesh else "clean", "decimate", "unwrap", "bake", "write"]
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
@@ -167,9 +179,10 @@ def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, confi
         log.debug("export stage %s: %.3f s", stage, timings[stage])
         if progress is not None:
             progress.step(stage, stages.index(stage) + 1, len(stages))
-            cancelled = getattr(progress, "cancelled", None)
-            if stage != stages[-1] and cancelled is not None and cancelled():  # once written, the export stands
-                raise CancelledError(f"GLB export cancelled after stage {stage!r}")
+            if stage == stages[0]:
+                scope.enter_context(cancel_scope(getattr(progress, "cancelled", None)))
+        if stage != stages[-1]:  # once written, the export stands
+            checkpoint(f"GLB export (after stage {stage!r})", force=True)
 
     original = fill_holes(mesh, cfg.fill_holes_perimeter)  # §9.1 step 2: kept for attribute transfer
     advance("fill_holes")
@@ -183,6 +196,8 @@ def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, confi
     else:
         # QEM quadrics ignore winding, so orientation is unified once, on the (smaller) decimated mesh
         work = clean_mesh(original, cfg.min_component_area, orient=False)
+        if work.num_faces == 0:
+            raise InputError(_NOTHING_LEFT)
         advance("clean")
         decimated = decimate_mesh(work, cfg.target_faces)
         if decimated is not work:  # the surface moved: project texels back onto the original (§9.5 step 3)
@@ -190,7 +205,7 @@ def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, confi
         work = clean_mesh(decimated)
     work, _ = remove_unreferenced_vertices(work)
     if work.num_faces == 0:
-        raise InputError("no faces are left after clean-up (the mesh was degenerate or made of tiny pieces)")
+        raise InputError(_NOTHING_LEFT)
     advance("decimate")
     atlas = unwrap_uv(work, cfg.texture_size, padding=cfg.uv_padding)
     normals = vertex_normals(work)[atlas.vmap]

@@ -11,43 +11,29 @@
 * Textures: PNG (lossless, readable everywhere) or WebP (Pillow lossy, quality 80 — the official choice; it is
   referenced through ``EXT_texture_webp``, which trimesh marks *required*, so viewers without that extension
   cannot open the file; §13 item 30).
-* The file is written to a temporary file in the destination folder and renamed at the end, so an interrupted
-  export never leaves a half-written GLB behind.
+* The path is checked before any work and the file is written atomically (:mod:`.output_file`: ``.glb`` names
+  only, no special files, missing folders created, temporary file + rename), so an interrupted, cancelled or failed
+  export never leaves a half-written GLB behind. Texture encoding and the write poll for cancellation.
 """
 from __future__ import annotations
 
 import io
 import os
-import secrets
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..cancel import checkpoint
 from ..errors import BackendError, InputError
 from ..mesh.types import z_up_to_y_up
+from .output_file import check_output_path, write_atomically
 
 __all__ = ["write_glb", "ALPHA_MODES", "TEXTURE_FORMATS", "check_output_path"]
 
 ALPHA_MODES = ("OPAQUE", "MASK", "BLEND")
 TEXTURE_FORMATS = ("png", "webp")
-
-
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Resolve ``path`` and check that a file can be created there (clear :class:`InputError` otherwise)."""
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise InputError(f"GLB output path {str(target)!r} is a directory; give a file name such as 'model.glb'")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"cannot write {str(target)!r}: the folder {str(folder)!r} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {str(target)!r}: the folder {str(folder)!r} is not writable")
-    if target.exists() and not os.access(target, os.W_OK):
-        raise InputError(f"cannot write {str(target)!r}: the existing file is read-only")
-    return target
 
 
 def _encode(array: Tensor, texture_format: str, png_compress_level: int):
@@ -83,6 +69,23 @@ def _with_payload(img, payload: bytes, fmt: str):
     return img
 
 
+def _encode_both(base_color: Tensor, metallic_roughness: Tensor, texture_format: str, png_compress_level: int):
+    """Encode both textures in two threads while polling for cancellation (a cancelled run does not wait for
+    the encoders: they finish in the background and their result is dropped)."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    try:
+        jobs = [pool.submit(_encode, base_color, texture_format, png_compress_level),
+                pool.submit(_encode, metallic_roughness, texture_format, png_compress_level)]
+        while True:
+            _, pending = wait(jobs, timeout=0.05, return_when=FIRST_EXCEPTION)
+            if not pending or any(job.done() and job.exception() is not None for job in jobs):
+                break
+            checkpoint("encoding the GLB textures")
+        return tuple(job.result() for job in jobs)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _glb_bytes(vertices: Tensor, faces: Tensor, normals: Tensor, uvs: Tensor, base_color: Tensor,
                metallic_roughness: Tensor, alpha_mode: str, alpha_cutoff: float, double_sided: bool,
                texture_format: str, png_compress_level: int) -> bytes:
@@ -97,10 +100,7 @@ def _glb_bytes(vertices: Tensor, faces: Tensor, normals: Tensor, uvs: Tensor, ba
     nrm = z_up_to_y_up(normals.detach().to("cpu", torch.float64)).numpy()
     uv = uvs.detach().to("cpu", torch.float64).numpy().copy()
     uv[:, 1] = 1.0 - uv[:, 1]  # trimesh writes 1 − v: net TEXCOORD_0 = raster (u, v)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = [pool.submit(_encode, base_color, texture_format, png_compress_level),
-                pool.submit(_encode, metallic_roughness, texture_format, png_compress_level)]
-        base_img, mr_img = (job.result() for job in jobs)
+    base_img, mr_img = _encode_both(base_color, metallic_roughness, texture_format, png_compress_level)
     material = PBRMaterial(
         baseColorTexture=base_img,
         baseColorFactor=np.array([255, 255, 255, 255], dtype=np.uint8),
@@ -140,39 +140,47 @@ def write_glb(
 
     ``png_compress_level`` is zlib's level for PNG textures (0–9; 3 halves the encoding time of Pillow's default 6
     for files ~25 % larger). WebP textures use Pillow's defaults (lossy, quality 80, method 4), as official.
+
+    ``path`` must end in ``.glb`` and may not be an existing directory/device/FIFO (checked before encoding; see
+    :mod:`.output_file`); missing folders are created. Raises :class:`InputError` for bad options, non-finite or
+    out-of-range geometry and path/disk problems (one line with the fix), and
+    :class:`~trellis2_core.errors.CancelledError` when an active cancel poll fires before the final rename; in
+    every failure case no file (and no temporary file) is left and an existing file at ``path`` is unchanged.
     """
     if alpha_mode not in ALPHA_MODES:
         raise InputError(f"alpha_mode must be one of {', '.join(ALPHA_MODES)}, got {alpha_mode!r}")
     if texture_format not in TEXTURE_FORMATS:
         raise InputError(f"texture_format must be one of {', '.join(TEXTURE_FORMATS)}, got {texture_format!r}")
-    if not 0.0 <= alpha_cutoff <= 1.0:
+    if not 0.0 <= alpha_cutoff <= 1.0:  # (False for NaN)
         raise InputError(f"alpha_cutoff must be in [0, 1], got {alpha_cutoff!r}")
-    if not 0 <= png_compress_level <= 9:
+    if not isinstance(png_compress_level, int) or not 0 <= png_compress_level <= 9:
         raise InputError(f"png_compress_level must be in 0..9, got {png_compress_level!r}")
     for name, image, channels in (("base_color", base_color, 4), ("metallic_roughness", metallic_roughness, 3)):
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[2] != channels:
             raise InputError(f"{name} must be a uint8 [H, W, {channels}] image, got {image.dtype} {list(image.shape)}")
+    if vertices.dim() != 2 or vertices.shape[1] != 3:
+        raise InputError(f"vertices must be a [V, 3] tensor, got {list(vertices.shape)}")
     n = vertices.shape[0]
     if normals.shape != (n, 3) or uvs.shape != (n, 2):
         raise InputError(f"normals [V, 3] and uvs [V, 2] must match the {n} vertices, got {list(normals.shape)} "
                          f"and {list(uvs.shape)}")
     target = check_output_path(path)
+    _check_geometry(vertices, faces, normals, uvs)
+    checkpoint("writing the GLB")
     data = _glb_bytes(vertices, faces, normals, uvs, base_color, metallic_roughness, alpha_mode, alpha_cutoff,
                       double_sided, texture_format, png_compress_level)
-    # a fresh hidden name next to the target (same file system, so the final rename is atomic); opened with
-    # 'x' so the umask applies as for any new file
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
-    try:
-        handle = open(tmp, "xb")
-    except OSError as err:
-        raise InputError(f"cannot write {str(target)!r}: {err.strerror}") from err
-    try:
-        with handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(target, data)
     return len(data)
+
+
+def _check_geometry(vertices: Tensor, faces: Tensor, normals: Tensor, uvs: Tensor) -> None:
+    """Faces index existing vertices; positions, normals and UVs are finite (else trimesh writes garbage)."""
+    if faces.dim() != 2 or faces.shape[1] != 3 or faces.dtype.is_floating_point or faces.shape[0] == 0:
+        raise InputError(f"faces must be a non-empty integer [F, 3] tensor, got {faces.dtype} {list(faces.shape)}")
+    lo, hi = int(faces.min()), int(faces.max())
+    if lo < 0 or hi >= vertices.shape[0]:
+        raise InputError(f"faces index vertices {lo}..{hi} but there are {vertices.shape[0]} vertices")
+    for name, value in (("vertex positions", vertices), ("normals", normals), ("uvs", uvs)):
+        if not bool(torch.isfinite(value).all()):
+            raise InputError(f"the GLB {name} contain NaN or infinite values; the mesh is corrupt (re-run the "
+                             "export from a valid mesh)")

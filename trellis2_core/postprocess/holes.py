@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from ..cancel import checkpoint
+from ..mesh.checks import check_mesh, check_number
 from ..mesh.types import Mesh
 from ._graph import edge_table, union_find
 
@@ -27,12 +29,15 @@ DEFAULT_MAX_HOLE_PERIMETER = 3e-2  # §8.2, world units
 def fill_holes(mesh: Mesh, max_perimeter: float = DEFAULT_MAX_HOLE_PERIMETER) -> Mesh:
     """Return a copy of ``mesh`` whose boundary loops with perimeter ``< max_perimeter`` are fan-filled.
 
-    ``max_perimeter <= 0`` disables the step (the input is returned unchanged).
+    ``max_perimeter == 0`` disables the step (the input is returned unchanged), as does an empty mesh. Raises
+    :class:`~trellis2_core.errors.InputError` for a negative/NaN perimeter or a corrupt mesh (NaN vertices, faces
+    out of range). Non-manifold edges and pinched loops are left open; duplicate faces are kept.
     """
-    if max_perimeter < 0 or max_perimeter != max_perimeter:
-        raise ValueError(f"max_perimeter must be >= 0 (0 disables), got {max_perimeter!r}")
+    check_number(max_perimeter, "fill_holes max_perimeter (0 disables)", 0.0, float("inf"))
+    check_mesh(mesh, "fill holes", allow_empty=True)
     if max_perimeter == 0 or mesh.num_faces == 0:
         return mesh
+    checkpoint("filling holes")
     vertices, faces = mesh.vertices, mesh.faces
     device = vertices.device
     nv = mesh.num_vertices

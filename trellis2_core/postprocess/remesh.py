@@ -31,7 +31,9 @@ import math
 import torch
 from torch import Tensor
 
+from ..cancel import checkpoint
 from ..errors import InputError
+from ..mesh.checks import check_mesh
 from ..mesh.mesher import QUAD_OFFSETS
 from ..mesh.types import Mesh
 from .closest import TriangleGrid, sorted_positions
@@ -85,6 +87,7 @@ def _near_triangles(cells: Tensor, level: int, box_lo: Tensor, box_hi: Tensor, r
     offsets = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
     keep = torch.zeros(cells.shape[0], dtype=torch.bool, device=cells.device)
     for off in offsets:  # (2k+1)³ lookups, k is 1 at the usual band
+        checkpoint("remeshing")
         nb = cells + off
         inside = ((nb >= 0) & (nb < level)).all(1)
         keep |= inside & (sorted_positions(occupied, _keys(nb.clamp(0, level - 1), level + 2)) >= 0)
@@ -105,6 +108,7 @@ def _narrow_band(grid: TriangleGrid, box_lo: Tensor, box_hi: Tensor, resolution:
     r = torch.arange(level, device=dev)
     cells = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
     while True:
+        checkpoint("remeshing")
         reach = eps + _CENTRE_SLACK * scale / level
         cells = cells[_near_triangles(cells, level, box_lo, box_hi, reach, scale, center)]
         if level >= resolution:
@@ -157,8 +161,7 @@ def remesh_narrow_band(mesh: Mesh, resolution: int, band: float = 1.0, project_b
     [0, 1] (official demo 0). ``grid`` reuses a :class:`TriangleGrid` of ``mesh``. The result is closed and
     consistently oriented (normals point from ``UDF < eps`` to ``UDF > eps``).
     """
-    if not isinstance(mesh, Mesh) or mesh.num_faces == 0:
-        raise InputError("remesh needs a non-empty trellis2_core Mesh")
+    check_mesh(mesh, "remesh")
     if not isinstance(resolution, int) or not 8 <= resolution <= 4096:
         raise InputError(f"remesh resolution must be an int in 8..4096, got {resolution!r}")
     if not (math.isfinite(band) and 0 < band <= 4):

@@ -14,6 +14,13 @@ The official path (CuMesh GPU chart clustering, then one xatlas ``parametrize`` 
 4. Horizon packing (:mod:`._pack`) with ``padding`` texels between charts; the atlas is sized for the final
    texture, repacked with a corrected scale when the first guess of the fill factor was off.
 
+Degenerate input: zero-area (collinear or collapsed) faces are kept and get zero-area UV triangles inside their
+chart (the bake then gives them no texel); charts that are segments or points are packed by the cells their
+vertices and edge midpoints touch. The atlas scale is capped so that the longest chart fits across the atlas, so
+slivers and huge or tiny coordinates cannot blow up the raster. NaN/Inf vertices, faces out of range and empty
+meshes are :class:`~trellis2_core.errors.InputError`. Clustering rounds, overlap splits, the chart raster and the
+packing poll for cancellation (:func:`~trellis2_core.cancel.checkpoint`).
+
 UV convention (``TEXCOORD_0`` as written by :mod:`.glb`): ``uv = (x / W, y / H)`` where texel column ``c`` covers
 ``x ∈ [c, c+1)`` and row ``r`` covers ``y ∈ [r, r+1)``; row 0 is the first image row (v ≈ 0, §9.6).
 """
@@ -27,6 +34,8 @@ import torch
 from torch import Tensor
 
 from .._kernels import kernels  # noqa: F401  (registers trellis2_kernels)
+from ..cancel import checkpoint
+from ..mesh.checks import check_int, check_mesh, check_number
 from ..mesh.types import Mesh
 from ._charts import cluster_charts
 from ._graph import edge_table, union_find
@@ -41,6 +50,7 @@ _MAX_SPLIT_ROUNDS = 12
 _FILL_GUESS = 0.62  # first guess of (projected chart area) / (atlas area) after packing
 _PACK_TRIES = 3  # packings with a corrected scale when the atlas came out too tall or too flat
 _MIN_RATIO = 0.9  # accept atlases at least this tall relative to their width (the rest is stretched to square)
+_CELL_BUDGET = 1 << 22  # candidate cells rasterised together (bounds temporary memory, one checkpoint each)
 
 
 @dataclass(frozen=True)
@@ -121,13 +131,22 @@ def _chart_cells(local_px: Tensor, faces_uv: Tensor, chart: Tensor, num: int):
     x0, x1, y0, y1 = triangle_boxes(tri, big, big)
     bw, bh = (x1 - x0 + 1).clamp(min=0), (y1 - y0 + 1).clamp(min=0)
     count = bw * bh
-    rep = torch.repeat_interleave(torch.arange(tri.shape[0], device=device), count)
-    local = torch.arange(rep.numel(), device=device) - (torch.cumsum(count, 0) - count)[rep]
-    cx, cy = x0[rep] + local % bw[rep], y0[rep] + local // bw[rep]
-    hit = inside_triangle(tri[rep], cx.to(torch.float32) + 0.5, cy.to(torch.float32) + 0.5)
-    hc, hx, hy = chart[rep][hit], cx[hit], cy[hit]
     side = int(local_px.max()) + 2  # every cell index (hits and marks) is below this
-    keys, counts = torch.unique((hc * side + hx) * side + hy, return_counts=True)
+    hit_keys = []
+    ends = torch.cumsum(count, 0)
+    start = 0
+    while start < tri.shape[0]:  # faces in chunks of about _CELL_BUDGET candidate cells
+        checkpoint("UV chart rasterisation")
+        stop = int(torch.searchsorted(ends, ends[start] - count[start] + _CELL_BUDGET, right=True))
+        stop = min(max(stop, start + 1), tri.shape[0])
+        n = count[start:stop]
+        rep = start + torch.repeat_interleave(torch.arange(stop - start, device=device), n)
+        local = torch.arange(rep.numel(), device=device) - (torch.cumsum(n, 0) - n)[rep - start]
+        cx, cy = x0[rep] + local % bw[rep], y0[rep] + local // bw[rep]
+        hit = inside_triangle(tri[rep], cx.to(torch.float32) + 0.5, cy.to(torch.float32) + 0.5)
+        hit_keys.append((chart[rep][hit] * side + cx[hit]) * side + cy[hit])
+        start = stop
+    keys, counts = torch.unique(torch.cat(hit_keys) if hit_keys else chart.new_zeros(0), return_counts=True)
     owner = keys // (side * side)
     doubled = torch.zeros(num, dtype=torch.int64, device=device).index_add_(0, owner, (counts > 1).long())
     covered = torch.bincount(owner, minlength=num)
@@ -180,14 +199,18 @@ def unwrap_uv(
     """Cut ``mesh`` into charts and lay them out in the unit square for a ``texture_size``² texture.
 
     ``padding`` is the minimum gap between charts in texels. Runs on the mesh's device (clustering, projection and
-    rasterisation in torch; the packing itself, a few hundred profiles, on the CPU).
+    rasterisation in torch; the packing itself, a few hundred profiles, on the CPU). Raises
+    :class:`~trellis2_core.errors.InputError` for an empty mesh, NaN/Inf vertices, faces out of range or bad
+    settings; degenerate faces are handled (module docstring).
     """
-    if mesh.num_faces == 0:
-        raise ValueError("unwrap: the mesh has no faces")
-    if texture_size < 16:
-        raise ValueError(f"unwrap: texture_size must be >= 16, got {texture_size}")
+    check_mesh(mesh, "UV unwrap")
+    texture_size = check_int(texture_size, "unwrap texture_size", 16, 16384)
+    padding = check_int(padding, "unwrap padding (texels)", 0, 256)
+    check_number(max_cone_angle, "unwrap max_cone_angle (radians)", 0.0, math.pi / 2 - 1e-6, open_lo=True)
+    check_number(compactness, "unwrap compactness", 0.0, 100.0)
     vertices, faces = mesh.vertices, mesh.faces
     chart, axis, _ = cluster_charts(vertices, faces, max_cone_angle, compactness)
+    checkpoint("UV unwrapping")
     table = edge_table(faces, mesh.num_vertices)
     ha, hb = table.manifold_pairs()
     adjacency = (ha // 3, hb // 3)
@@ -198,15 +221,17 @@ def unwrap_uv(
     scale = None
     for split_round in range(_MAX_SPLIT_ROUNDS + 1):
         vmap, vchart, faces_uv, local = _project(vertices, faces, chart, axis)
-        if scale is None:  # cells per world unit so that the charts fill about _FILL_GUESS of the atlas
-            q = local[faces_uv]
-            d1, d2 = q[:, 1] - q[:, 0], q[:, 2] - q[:, 0]
-            proj_area = float((0.5 * (d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]).abs()).sum())
-            scale = math.sqrt(_FILL_GUESS * grid * grid / max(proj_area, 1e-30))
+        checkpoint("UV unwrapping")
+        if scale is None:
+            scale = _initial_scale(local, faces_uv, grid)
         cells, overlap = _chart_cells(local * scale, faces_uv, chart, axis.shape[0])
         if split_round == _MAX_SPLIT_ROUNDS or not bool(overlap.any()):
             break  # (after the last round, left-over overlaps are accepted: later faces win in the bake)
+        checkpoint("UV chart splitting")
+        num_before = axis.shape[0]
         chart, axis = _split(vertices, faces, chart, axis, overlap, adjacency)
+        if axis.shape[0] == num_before:
+            break  # nothing could be split (e.g. duplicate faces): more rounds would change nothing
 
     tries = []
     for _ in range(_PACK_TRIES):
@@ -233,6 +258,21 @@ def unwrap_uv(
         num_charts=int(axis.shape[0]),
         utilization=util,
     )
+
+
+def _initial_scale(local: Tensor, faces_uv: Tensor, grid: int) -> float:
+    """Cells per world unit so that the charts fill about ``_FILL_GUESS`` of the ``grid``² atlas, capped so that
+    the longest chart fits across it (zero-area charts, long slivers); 1 when every chart is a single point."""
+    q = local[faces_uv]
+    d1, d2 = q[:, 1] - q[:, 0], q[:, 2] - q[:, 0]
+    proj_area = float((0.5 * (d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]).abs()).sum())
+    longest = float(local.max()) if local.numel() else 0.0  # chart-local coordinates start at 0
+    if not longest > 0.0:
+        return 1.0
+    cap = (grid - 2) / longest
+    if not proj_area > 0.0:
+        return cap
+    return min(math.sqrt(_FILL_GUESS * grid * grid / proj_area), cap)
 
 
 def _place(xy: Tensor, vchart: Tensor, placement, box: np.ndarray) -> Tensor:

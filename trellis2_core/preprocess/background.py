@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from ..errors import BackendError, InputError, WeightsError
 from .image import (
-    ALPHA_THRESHOLD, DEFAULT_MAX_SIZE, MaskLike, attach_mask, crop_to_foreground, downscale, has_usable_alpha,
-    premultiply, preprocess_image,
+    ALPHA_THRESHOLD, DEFAULT_MAX_SIZE, MIN_FOREGROUND_SIDE, MaskLike, attach_mask, check_image_size,
+    crop_to_foreground, downscale, has_usable_alpha, premultiply, preprocess_image,
 )
 
 __all__ = [
@@ -54,11 +54,23 @@ Matting = Callable[[Image.Image], MaskLike]  # RGB image -> mask of the same siz
 
 
 # ---------------------------------------------------------------------------------------------- image modes
+def _grey_scale(arr: np.ndarray) -> float:
+    """Factor from a 32-bit int / float grey image to 0..255: by its range (0..1, 0..255, 0..65535 or its max)."""
+    top = float(arr.max()) if arr.size else 0.0
+    if top <= 1.0:
+        return 255.0  # float image on the unit range
+    if top <= 255.0:
+        return 1.0
+    if top <= 65535.0:
+        return 1.0 / 257.0  # 16-bit samples stored as 32-bit (mode I)
+    return 255.0 / top
+
+
 def normalize_mode(image: Image.Image) -> Image.Image:
     """The image in one of the modes L, LA, RGB, RGBA (palette, 16-bit, float, CMYK … converted properly).
 
     P/PA images keep their transparency (P with a transparent entry → RGBA, else RGB); 16-bit and float grey
-    images are scaled to 8 bits (``I;16``: /257; ``I``/``F``: 0..1 taken as unit range, else 0..255 clipped).
+    images are scaled to 8 bits (``I;16``: /257; ``I``/``F``: by their range: 0..1, 0..255, 0..65535 or 0..max).
     """
     mode = image.mode
     if mode in ("L", "LA", "RGB", "RGBA"):
@@ -78,9 +90,9 @@ def normalize_mode(image: Image.Image) -> Image.Image:
     if mode in ("I", "F"):
         arr = np.asarray(image, dtype=np.float64)
         if not np.isfinite(arr).all():
-            raise InputError(f"image (mode {mode!r}) contains NaN or infinite pixel values")
-        scale = 255.0 if arr.size and arr.max() <= 1.0 else 1.0
-        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
+            raise InputError(f"image (mode {mode!r}) contains NaN or infinite pixel values; save it again as an "
+                             "8-bit PNG or JPEG")
+        return Image.fromarray(np.clip(np.rint(arr * _grey_scale(arr)), 0, 255).astype(np.uint8), "L")
     try:
         return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
     except (ValueError, OSError) as err:
@@ -103,8 +115,9 @@ def _alpha_image(image: Image.Image) -> Image.Image:
 # ---------------------------------------------------------------------------------------------- mode choice
 def resolve_background(image: Image.Image, background: str = "auto", mask: MaskLike | None = None) -> str:
     """The effective mode ('keep', 'mask', 'model' or 'none') for ``image`` (§2 step 1 for 'auto')."""
-    if background not in BACKGROUND_MODES:
+    if not isinstance(background, str) or background not in BACKGROUND_MODES:
         raise InputError(f"background must be one of {', '.join(BACKGROUND_MODES)}, got {background!r}")
+    check_image_size(image)
     if mask is not None:
         if background not in ("auto", "mask"):
             raise InputError(f"a mask was given together with background={background!r}; a mask replaces "
@@ -133,7 +146,8 @@ class BiRefNetMatting:
 
     def __init__(self, model: nn.Module, *, resolution: int = MATTING_RESOLUTION, name: str = "") -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"BiRefNetMatting needs a torch.nn.Module, got {type(model).__name__}")
+            raise InputError(f"BiRefNetMatting needs a torch.nn.Module, got {type(model).__name__}; pass a loaded "
+                             "BiRefNet-style network, or a folder/Hugging Face id to load_matting_model()")
         self.model = model
         self.resolution = int(resolution)
         self.name = name or type(model).__name__
@@ -180,11 +194,14 @@ class BiRefNetMatting:
 def _hub_snapshot(repo_id: str, offline: bool | None) -> Path:
     from ..loading.sources import is_offline
 
+    from ..optional import require
+
+    hub = require("huggingface_hub", f"downloading the matting model {repo_id!r}")
+    snapshot_download = hub.snapshot_download
     try:
-        from huggingface_hub import snapshot_download
         from huggingface_hub.errors import EntryNotFoundError
-    except ImportError as err:
-        raise WeightsError("downloading a matting model needs huggingface_hub (pip install huggingface_hub)") from err
+    except ImportError:  # older huggingface_hub: the class lives in utils
+        from huggingface_hub.utils import EntryNotFoundError
     try:
         path = snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=is_offline(offline))
     except (OSError, ValueError, EntryNotFoundError) as err:
@@ -233,18 +250,24 @@ def _model_class(folder: Path) -> tuple[type, object]:
     if not isinstance(ref, str):
         raise WeightsError(f"{folder / 'config.json'}: no auto_map entry for {_AUTO_KEY}; only BiRefNet-style "
                            "remote-code models (e.g. ZhengPeng7/BiRefNet, briaai/RMBG-2.0) are supported")
+    from ..optional import require
+
+    transformers = require("transformers", "background removal (the matting model)")
     try:
-        from transformers import AutoConfig
         from transformers.dynamic_module_utils import get_class_from_dynamic_module
     except ImportError as err:
-        raise BackendError("background removal needs transformers: pip install 'transformers>=4.56'") from err
+        raise BackendError(f"background removal needs transformers' remote-code loader, which transformers "
+                           f"{transformers.__version__} lacks: pip install 'transformers>=4.56,<6'") from err
     try:
-        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=True, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=True,
+                                                         local_files_only=True)
         cls = get_class_from_dynamic_module(ref, str(folder), local_files_only=True)
     except ImportError as err:  # the model code needs packages that are not installed (e.g. timm, kornia)
-        raise BackendError(f"matting model {folder.name}: {err}") from err
-    except (OSError, ValueError, AttributeError, SyntaxError) as err:
-        raise WeightsError(f"{folder}: cannot load the model code named by config.json ({err})") from err
+        raise BackendError(f"matting model {folder.name}: its code needs a package that is missing ({err}); "
+                           "install it with pip, or use another matting model / pass a mask") from err
+    except Exception as err:  # noqa: BLE001 - the folder's own code can raise anything while it is imported
+        raise WeightsError(f"{folder}: cannot load the model code named by config.json ({type(err).__name__}: "
+                           f"{err}); re-download the matting model folder") from err
     return cls, config
 
 
@@ -267,6 +290,8 @@ def _load_weights(model: nn.Module, folder: Path) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from ..loading.safetensors_io import dtype_mismatch
+
     state: dict[str, Tensor] = {}
     for path in _weight_files(folder):
         try:
@@ -279,10 +304,13 @@ def _load_weights(model: nn.Module, folder: Path) -> None:
     unexpected = sorted(set(state) - set(expected))
     shapes = [f"{k} {list(state[k].shape)} vs {list(expected[k].shape)}" for k in sorted(set(state) & set(expected))
               if tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
+    dtypes = [bad for k in sorted(set(state) & set(expected))
+              if (bad := dtype_mismatch(k, state[k].dtype, expected[k].dtype)) is not None]
+    if missing or unexpected or shapes or dtypes:
         parts = [f"{len(missing)} missing ({', '.join(missing[:5])})" if missing else "",
                  f"{len(unexpected)} unexpected ({', '.join(unexpected[:5])})" if unexpected else "",
-                 f"shape mismatch ({'; '.join(shapes[:5])})" if shapes else ""]
+                 f"shape mismatch ({'; '.join(shapes[:5])})" if shapes else "",
+                 f"{len(dtypes)} with a dtype the model cannot take ({'; '.join(dtypes[:5])})" if dtypes else ""]
         raise WeightsError(f"{folder}: weights do not match the model code: "
                            + ", ".join(p for p in parts if p) + "; re-download the model folder")
     model.load_state_dict(state, strict=False)
@@ -302,8 +330,9 @@ def load_matting_model(source: str | Path | None = None, *, device: str | torch.
     try:
         with torch.device("cpu"):
             model = cls(config)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise WeightsError(f"{folder}: cannot build the matting model from its config ({err})") from err
+    except Exception as err:  # noqa: BLE001 - remote code: a config with wrong types can raise anything
+        raise WeightsError(f"{folder}: cannot build the matting model from its config ({type(err).__name__}: "
+                           f"{err}); re-download the matting model folder") from err
     if not isinstance(model, nn.Module):
         raise WeightsError(f"{folder}: {cls.__name__} is not a torch module")
     _load_weights(model, folder)
@@ -352,15 +381,20 @@ def prepare_image(image: Image.Image, *, background: str = "auto", mask: MaskLik
     Raises:
         InputError: bad mode combination, no matting model when one is needed, or empty foreground.
     """
-    if not isinstance(image, Image.Image):
-        raise InputError(f"image must be a PIL.Image, got {type(image).__name__}")
-    if image.width < 1 or image.height < 1:
-        raise InputError(f"image is empty ({image.width}x{image.height})")
+    check_image_size(image)
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < MIN_FOREGROUND_SIDE:
+        raise InputError(f"max_size must be a whole number of pixels >= {MIN_FOREGROUND_SIDE} (official 1024), "
+                         f"got {max_size!r}")
     scale = min(1.0, max_size / max(image.size))
     if int(image.width * scale) < 1 or int(image.height * scale) < 1:
-        raise InputError(f"image {image.width}x{image.height} is too elongated to downscale to {max_size} px")
+        raise InputError(f"image {image.width}x{image.height} is too elongated to downscale to {max_size} px; "
+                         "crop it closer to the object first")
     mode = resolve_background(image, background, mask)
     if mode == "none":  # official preprocess_image=False: the conditioner resizes, then converts to RGB
+        if min(image.size) < MIN_FOREGROUND_SIDE:
+            raise InputError(f"image too small: {image.width}x{image.height} pixels with background='none' (at "
+                             f"least {MIN_FOREGROUND_SIDE}x{MIN_FOREGROUND_SIDE} is needed); pass a larger picture "
+                             "of the object")
         return normalize_mode(image)
     if mode == "mask":
         return preprocess_image(normalize_mode(image), mask, max_size=max_size)

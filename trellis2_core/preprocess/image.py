@@ -16,18 +16,31 @@ from ..errors import InputError
 
 __all__ = [
     "MaskLike", "has_usable_alpha", "downscale", "attach_mask", "crop_to_foreground", "premultiply",
-    "preprocess_image", "DEFAULT_MAX_SIZE", "ALPHA_THRESHOLD",
+    "preprocess_image", "DEFAULT_MAX_SIZE", "ALPHA_THRESHOLD", "MIN_FOREGROUND_SIDE", "check_image_size",
 ]
 
 DEFAULT_MAX_SIZE = 1024  # §2 step 2: longest side before matting
 ALPHA_THRESHOLD = 204  # §2 step 4: foreground = alpha > 0.8*255 (i.e. >= 205 for uint8)
+#: smallest crop side (pixels) worth conditioning on: below it the object is a few pixels blown up to 512/1024 px
+#: (a 1- or 2-pixel object even crops to 0×0, which the official code turns into a black picture)
+MIN_FOREGROUND_SIDE = 8
+
+_MASK_TOLERANCE = 0.01  # float masks may overshoot 0..1 by rounding; beyond this they are on another scale
 
 MaskLike = Union[Image.Image, np.ndarray, Any]  # PIL image, numpy array or a 2-D torch tensor
 
 
+def check_image_size(image: Image.Image, what: str = "image") -> None:
+    """InputError unless ``image`` is a PIL image with at least one pixel."""
+    if not isinstance(image, Image.Image):
+        raise InputError(f"{what} must be a PIL.Image, got {type(image).__name__}")
+    if image.width < 1 or image.height < 1:
+        raise InputError(f"{what} is empty ({image.width}x{image.height} pixels); pass a picture of the object")
+
+
 def has_usable_alpha(image: Image.Image) -> bool:
     """§2 step 1: only mode RGBA with at least one alpha value below 255 counts as already matted."""
-    if image.mode != "RGBA":
+    if image.mode != "RGBA" or image.width < 1 or image.height < 1:
         return False
     lo, _hi = image.getchannel("A").getextrema()
     return lo < 255
@@ -73,7 +86,11 @@ def _mask_to_l(mask: MaskLike) -> Image.Image:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
-            raise InputError("mask contains NaN or infinite values")
+            raise InputError("mask contains NaN or infinite values; pass a mask of 0..1 floats (1 = object)")
+        if arr.size and (float(arr.min()) < -_MASK_TOLERANCE or float(arr.max()) > 1 + _MASK_TOLERANCE):
+            raise InputError(
+                f"float mask values range from {float(arr.min()):g} to {float(arr.max()):g}, but a float mask must "
+                "be 0..1 (1 = object); divide a 0..255 mask by 255, or pass it as uint8")
         # same float -> uint8 conversion as the official matting output (x255, truncation)
         arr = (np.clip(arr, 0.0, 1.0) * 255).astype(np.uint8)
     elif arr.dtype == np.uint8:
@@ -94,7 +111,12 @@ def attach_mask(image: Image.Image, mask: MaskLike) -> Image.Image:
 
 
 def crop_to_foreground(rgba: Image.Image) -> Image.Image:
-    """§2 step 4: square crop centred on the bbox of alpha > 204, side ``2*(size//2)``, zero fill outside."""
+    """§2 step 4: square crop centred on the bbox of alpha > 204, side ``2*(size//2)``, zero fill outside.
+
+    Raises:
+        InputError: no foreground pixel ("empty foreground"), or a crop smaller than
+            :data:`MIN_FOREGROUND_SIDE` pixels ("foreground too small").
+    """
     if rgba.mode != "RGBA":
         raise InputError(f"crop_to_foreground needs an RGBA image, got mode {rgba.mode!r}")
     alpha = np.asarray(rgba.getchannel("A"))  # [H, W] uint8
@@ -108,6 +130,13 @@ def crop_to_foreground(rgba: Image.Image) -> Image.Image:
     x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())  # inclusive
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     half = max(x1 - x0, y1 - y0) // 2
+    if 2 * half < MIN_FOREGROUND_SIDE:
+        raise InputError(
+            f"foreground too small: {xs.size} px with alpha above 80 % in a {x1 - x0 + 1}x{y1 - y0 + 1} box of the "
+            f"{rgba.width}x{rgba.height} image, which crops to {2 * half}x{2 * half} (at least "
+            f"{MIN_FOREGROUND_SIDE}x{MIN_FOREGROUND_SIDE} is needed); use a larger picture of the object, or check "
+            "that the mask/alpha marks the whole object (white/opaque), not a speck"
+        )
     # PIL rounds float box coordinates itself (half to even), as the official call does
     return rgba.crop((cx - half, cy - half, cx + half, cy + half))
 
@@ -133,10 +162,7 @@ def preprocess_image(image: Image.Image, mask: MaskLike | None = None, *,
     Raises:
         InputError: no usable alpha and no mask (background removal needed), bad mask, or empty foreground.
     """
-    if not isinstance(image, Image.Image):
-        raise InputError(f"image must be a PIL.Image, got {type(image).__name__}")
-    if image.width < 1 or image.height < 1:
-        raise InputError(f"image is empty ({image.width}x{image.height})")
+    check_image_size(image)
     if mask is not None:
         m = _mask_to_l(mask)
         target = _scaled_size(image.size, max_size)
