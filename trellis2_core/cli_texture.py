@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", default="auto", help="auto, keep, model or none (as the image-to-3D command)")
     p.add_argument("--rembg-model", default=None, help="matting model folder or HF id (background 'model')")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="model precision (default: the checkpoints' own; use float32 on the CPU for speed)")
+    p.add_argument("--vram", choices=("auto", "high", "medium", "low"), default="auto",
+                   help="GPU memory preset: high keeps every model on the GPU, medium/low stream from RAM "
+                        "(default auto)")
     p.add_argument("--texture-format", choices=("png", "webp"), default="png", help="texture encoding")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     return p
@@ -53,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = texture_mesh(args.mesh, args.image, args.output, pipeline=args.pipeline, seed=args.seed,
                            resolution=args.resolution, texture_size=args.texture_size, unwrap=args.unwrap,
                            background=args.background, matting_model=args.rembg_model, sampler=sampler,
-                           device=args.device, models_dir=args.models_dir, texture_format=args.texture_format)
+                           device=args.device, models_dir=args.models_dir, texture_format=args.texture_format,
+                           dtype=args.dtype, vram_preset=args.vram)
     except (WeightsError, InputError, BackendError) as err:
         if args.verbose:
             traceback.print_exc()

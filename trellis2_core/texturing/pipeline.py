@@ -32,7 +32,7 @@ from ..pipeline.stages import MaterialLatent, StageHooks, sample_material
 from .dual_grid import FlexibleDualGrid, mesh_to_flexible_dual_grid
 from .frame import PreparedMesh
 
-__all__ = ["TexturingPipeline", "TexturingResult", "check_resolution", "FDG_WEIGHTS", "RESOLUTIONS"]
+__all__ = ["TexturingPipeline", "TexturingResult", "check_resolution", "flow_resolution", "FDG_WEIGHTS", "RESOLUTIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def check_resolution(resolution: Any, label: str = "resolution") -> int:
     return resolution
 
 
-def _flow_resolution(resolution: int) -> int:
+def flow_resolution(resolution: int) -> int:
     """Which texture flow and DINOv3 size a resolution uses: 512 up to 512, else 1024 (official: ``== 512``)."""
     return 512 if resolution <= 512 else 1024
 
@@ -107,7 +107,7 @@ class TexturingPipeline:
             self._image_cond_model = load_image_cond_model(self.config, models_dir=self.models_dir, device=device,
                                                            offline=getattr(self.models, "offline", None))
         extractor = self._image_cond_model
-        size = _flow_resolution(check_resolution(resolution))
+        size = flow_resolution(check_resolution(resolution))
         with weights_on_device(extractor), cancel_on_forward(extractor, where="image conditioning (DINOv3)"):
             return extractor.features(image, size)
 
@@ -163,7 +163,7 @@ class TexturingPipeline:
             log.info("texturing: %d voxels at %d, %d latent tokens (%.2fs)", grid.num_voxels, resolution,
                      encoding.latent.num_voxels, times["encode"])
             start = time.perf_counter()
-            flow_res = _flow_resolution(resolution)
+            flow_res = flow_resolution(resolution)
             material = sample_material(
                 self.models(f"tex_slat_flow_model_{flow_res}"), cond, encoding.latent, params,
                 self.config.normalization("shape_slat"), self.config.normalization("tex_slat"), gen, hooks)
