@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import BackendError, InputError
 
-__all__ = ["InputMesh", "load_input_mesh", "MESH_SUFFIXES", "MAX_FACES"]
+__all__ = ["InputMesh", "load_input_mesh", "input_mesh_from_gltf", "MESH_SUFFIXES", "MAX_FACES"]
 
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply")
 MAX_FACES = 20_000_000  # beyond this the converter's crossing events alone take tens of GB
@@ -31,6 +31,15 @@ class InputMesh:
     faces: np.ndarray
     uvs: np.ndarray | None = None
     name: str = "mesh"
+
+    def same_geometry(self, other: "InputMesh") -> bool:
+        """Whether ``other`` has exactly the same vertices, faces and UVs (names aside)."""
+        if self is other:
+            return True
+        if (self.uvs is None) != (other.uvs is None):
+            return False
+        return np.array_equal(self.vertices, other.vertices) and np.array_equal(self.faces, other.faces) and \
+            (self.uvs is None or np.array_equal(self.uvs, other.uvs))
 
 
 def _trimesh() -> Any:
@@ -89,6 +98,21 @@ def load_input_mesh(mesh: Any) -> InputMesh:
     else:
         out = _from_trimesh(mesh, "mesh")
     return _checked(out)
+
+
+def input_mesh_from_gltf(vertices: Any, faces: Any, texcoords: Any = None, name: str = "mesh") -> InputMesh:
+    """A checked :class:`InputMesh` from glTF-convention arrays (e.g. ComfyUI's core ``MESH``): ``vertices [V, 3]``
+    (Y-up), ``faces [F, 3]``, ``texcoords [V, 2]`` with ``v`` pointing down (``TEXCOORD_0``), or None.
+
+    The UVs become trimesh's ``v = 1 − TEXCOORD_0`` (computed in float64, exact for float32 input).
+    """
+    uvs = None
+    if texcoords is not None:
+        t = np.asarray(texcoords, dtype=np.float64)
+        if t.ndim != 2 or t.shape[1] != 2:
+            raise InputError(f"{name}: UVs must be [V, 2], got {list(t.shape)}")
+        uvs = np.stack((t[:, 0], 1.0 - t[:, 1]), axis=1)
+    return _checked(InputMesh(vertices=np.asarray(vertices), faces=np.asarray(faces), uvs=uvs, name=name))
 
 
 def _checked(m: InputMesh) -> InputMesh:
