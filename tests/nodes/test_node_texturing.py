@@ -14,6 +14,7 @@ from nodes import comfy_bridge as bridge
 from nodes.texturing import EncodedShapeAsset, SourceMeshAsset
 from nodes.types import MaterialAsset, ShapeAsset
 from tests.nodes.conftest import comfy_load_image
+from tests.tools.meshes import uv_mesh
 from trellis2_core import cancel
 from trellis2_core.errors import CancelledError, InputError, WeightsError
 from trellis2_core.texturing.glb_exact import read_accessor
@@ -21,14 +22,6 @@ from trellis2_core.texturing.glb_exact import read_accessor
 RES, TEX = 64, 256
 TEX_SAMPLER = dict(steps=2, guidance_strength=1.0, guidance_rescale=0.0, guidance_interval_start=0.6,
                    guidance_interval_end=0.9, rescale_t=3.0)
-
-
-def uv_mesh() -> trimesh.Trimesh:
-    """An ellipsoid away from the origin with planar UVs (float32, as a GLB stores them)."""
-    m = trimesh.creation.icosphere(subdivisions=2)
-    v = (m.vertices * [1.0, 2.0, 0.5] + [3.0, 10.0, -2.0]).astype(np.float32)
-    uv = np.stack(((v[:, 0] - v[:, 0].min()) / np.ptp(v[:, 0]), (v[:, 1] - v[:, 1].min()) / np.ptp(v[:, 1])), 1)
-    return trimesh.Trimesh(v, m.faces, process=False, visual=trimesh.visual.TextureVisuals(uv=uv.astype(np.float32)))
 
 
 @pytest.fixture(scope="module")
