@@ -62,6 +62,18 @@ def test_vertices_faces_uvs_bit_identical(textured):
     assert b.visual.material.baseColorTexture is not None
 
 
+def test_textured_glb_passes_the_khronos_validator(textured, pipe, image, tmp_path):
+    """0 validator errors for a kept-UV result and for an unwrapped one (split seams), textures of TEX²."""
+    from tests.tools.glb_checks import assert_valid_glb
+
+    folder, _ = textured
+    assert_valid_glb(folder / "out.glb", TEX)
+    box = trimesh.creation.box(extents=(1.0, 2.0, 0.5))
+    texture_mesh((box.vertices, box.faces), image, tmp_path / "box.glb", pipeline=pipe, resolution=RES,
+                 texture_size=TEX)
+    assert_valid_glb(tmp_path / "box.glb", TEX)
+
+
 def test_every_covered_texel_is_baked_from_voxels(textured):
     """Each texel a triangle covers maps to a surface point with a PBR voxel among its trilinear neighbours."""
     folder, res = textured
