@@ -227,21 +227,28 @@ def test_core_preview3d_loads_the_textured_glb(comfy, page):
     page.wait_for("!!(window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app.graph)")
     time.sleep(2)
     page.evaluate("window.comfyAPI.app.app.loadGraphData(%s)" % json.dumps(ui))
+    # the page load alone fills the default 250-entry resource timing buffer: empty it, then record every request
+    page.evaluate("(() => { performance.clearResourceTimings(); performance.setResourceTimingBufferSize(100000); "
+                  "return true })()")
     page.evaluate("window.comfyAPI.app.app.queuePrompt(0, 1)")
     shown = page.wait_for("(() => { const n = window.comfyAPI.app.app.graph._nodes.find(x => x.type === 'Preview3D');"
                           " const f = n && n.properties['Last Time Model File']; return f && f.endsWith('.glb') ? f"
                           " : null })()", timeout=1800)
     assert shown.startswith("trellis2/textured_") and (comfy.base / "output" / shown).is_file()
     name = shown.rsplit("/", 1)[1]
-    statuses = page.wait_for("(() => { const e = performance.getEntriesByType('resource').filter(r => "
-                             "r.name.includes('/view?') && r.name.includes('filename=%s')); return e.length ? "
-                             "e.map(r => r.responseStatus) : null })()" % name, timeout=120)
-    assert 200 in statuses, statuses
-    time.sleep(3)
     page.evaluate("(() => { const app = window.comfyAPI.app.app; const n = app.graph._nodes.find("
                   "x => x.type === 'Preview3D'); app.canvas.ds.scale = 1.0; app.canvas.centerOnNode(n); "
-                  "app.canvas.setDirty(true, true); return true })()")
-    time.sleep(2)
+                  "app.canvas.setDirty(true, true); return true })()")  # the viewer loads once it is on screen
+    fetched = "performance.getEntriesByType('resource').filter(r => r.name.includes('%s'))" % name
+    try:
+        statuses = page.wait_for("(() => { const e = %s; return e.length ? e.map(r => r.responseStatus) : null })()"
+                                 % fetched, timeout=120)
+    except TimeoutError:
+        seen = page.evaluate("performance.getEntriesByType('resource').map(r => r.name).filter(n => "
+                             "n.includes('view') || n.includes('.glb'))")
+        raise AssertionError(f"core Preview 3D did not fetch {shown}; requests seen: {seen[-10:]}") from None
+    assert 200 in statuses, statuses
+    time.sleep(3)
     page.screenshot(artifacts_dir() / "comfyui_preview3d_textured.png")
     failed = [c for c in page.console if "failed to load" in c.lower() or "gltf" in c.lower() and "error" in c]
     assert not failed, failed

@@ -148,3 +148,18 @@ def test_cli_texture_subcommand_errors(tmp_path, capsys):
     assert main(["texture", str(tmp_path / "missing.glb"), str(tmp_path / "i.png"), "-o", str(tmp_path / "o.glb"),
                  "--pipeline", "demo"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_dtype_and_vram_preset_reach_the_pipeline(image, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_from_pretrained(source, **kwargs):
+        seen.update(kwargs, source=source)
+        raise InputError("stop here")
+    monkeypatch.setattr(TexturingPipeline, "from_pretrained", staticmethod(fake_from_pretrained))
+    with pytest.raises(InputError, match="stop here"):
+        texture_mesh(_uv_mesh(), image, tmp_path / "d.glb", pipeline="somewhere", dtype="bfloat16", vram_preset="low",
+                     resolution=RES, texture_size=TEX)
+    assert (seen["source"], seen["dtype_override"], seen["vram_preset"]) == ("somewhere", "bfloat16", "low")
+    with pytest.raises(InputError, match="vram_preset"):
+        texture_mesh(_uv_mesh(), image, tmp_path / "d.glb", pipeline="somewhere", vram_preset="huge")
