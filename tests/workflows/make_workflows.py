@@ -17,6 +17,7 @@ SOURCE = "microsoft/TRELLIS.2-4B"
 IMAGE = "example.png"  # ships in every ComfyUI input/ folder; replace it with your picture
 SDXL = "sd_xl_base_1.0.safetensors"
 SEED = 42
+MESH = "3d/mesh.glb"  # the user's mesh, uploaded through Load Mesh (ComfyUI's input/3d folder)
 
 
 def _sampler(stage: str) -> dict[str, Any]:
@@ -125,8 +126,29 @@ def low_vram() -> dict[str, Any]:
     return graph
 
 
+def texture_mesh() -> dict[str, Any]:
+    """A user's mesh + a reference image → the same mesh with TRELLIS.2 PBR textures, shown in core Preview 3D."""
+    return {
+        "1": _node("LoadImage", "Load Image (reference picture of the object)", image=IMAGE),
+        "2": _node("Trellis2RemoveBackground", "Remove Background", image=["1", 0], mask=["1", 1], method="auto",
+                   max_size=1024, invert_mask=False, matting_model="ZhengPeng7/BiRefNet"),
+        "3": _loader(),
+        "4": _node("Trellis2EncodeImage", "Encode Image (DINOv3)", pipeline=["3", 0], image=["2", 0],
+                   mask=["2", 1], resolutions="512 and 1024", preprocess=True),
+        "5": _node("Trellis2LoadMesh", "Load Mesh (your GLB/OBJ/PLY, one object)", mesh_file=MESH),
+        "6": _node("Trellis2EncodeMesh", "Encode Mesh", pipeline=["3", 0], mesh=["5", 0], resolution=1024,
+                   seed=SEED),
+        "7": _node("Trellis2SampleMaterial", "Sample Material", pipeline=["3", 0], conditioning=["4", 0],
+                   shape=["6", 0], stage_seed=0, **_sampler("tex")),
+        "8": _node("Trellis2BakeOntoMesh", "Bake onto Mesh", pipeline=["3", 0], material=["7", 0], mesh=["5", 0],
+                   filename_prefix="trellis2/textured", texture_size=2048, unwrap="auto", texture_format="png",
+                   double_sided=True),
+        "9": _node("Preview3D", "Core Preview 3D", model_file=["8", 0]),
+    }
+
+
 WORKFLOWS = {"trellis2_simple": simple, "trellis2_staged": staged, "trellis2_sdxl_text_to_3d": sdxl,
-             "trellis2_low_vram": low_vram}
+             "trellis2_low_vram": low_vram, "trellis2_texture_mesh": texture_mesh}
 
 # -------------------------------------------------------------------------------------------------- layout
 NOTES = {
@@ -140,6 +162,10 @@ NOTES = {
     "trellis2_low_vram": "For 6–12 GB GPUs: vram_preset low streams each transformer/decoder block from RAM (≤ 4 GB "
                          "of tensors at 1024; ComfyUI unloads its own models first), max_num_tokens 24576, 200k "
                          "faces, 1024² textures.",
+    "trellis2_texture_mesh": "Texture YOUR mesh: upload a GLB/OBJ/PLY (one object) in Load Mesh and a picture of "
+                             "the object in Load Image, then queue. The GLB keeps the mesh's vertices, faces, UVs and "
+                             "placement (a mesh without UVs is unwrapped). Encode Mesh's resolution: 512 / 1024 / "
+                             "1536 (detail vs. time); stage_seed 0 = the official texturing run.",
 }
 COLUMN_X = 40
 COLUMN_W = 380
@@ -166,14 +192,24 @@ def layout(ui: dict[str, Any], name: str) -> dict[str, Any]:
         col = level(nid)
         node = by_id[nid]
         y = rows.get(col, 140)
-        node["pos"] = [COLUMN_X + col * (COLUMN_W + 40), y]
+        node["pos"] = [0, y]  # x once every column's width is known
         w, h = node.get("size", [COLUMN_W, 200])
         node["size"] = [max(w, COLUMN_W - 40), h]
-        if node["type"] in ("Trellis2ExportGLB", "Trellis2ImageTo3D"):
+        if node["type"] in ("Trellis2ExportGLB", "Trellis2ImageTo3D", "Trellis2BakeOntoMesh"):
             node["size"] = [440, max(h, 640)]  # room for the 3D preview widget
+        elif node["type"] == "Preview3D":
+            node["size"] = [COLUMN_W + 20, 550]  # core's 3D viewer asks for at least 400 × 550
         elif node["type"] in ("PreviewImage", "SaveGLB"):
             node["size"] = [COLUMN_W - 40, 360]  # room for the image / core 3D viewer
         rows[col] = y + node["size"][1] + 60
+    x, widths = COLUMN_X, {}
+    for nid, node in by_id.items():
+        widths[level(nid)] = max(widths.get(level(nid), COLUMN_W), node["size"][0])
+    starts = {}
+    for col in sorted(widths):  # a column starts 40 px right of the widest node before it (or of COLUMN_W)
+        starts[col], x = x, x + widths[col] + 40
+    for nid, node in by_id.items():
+        node["pos"][0] = starts[level(nid)]
     note_id = max(by_id) + 1
     ui["nodes"].append({"id": note_id, "type": "Note", "pos": [COLUMN_X, -40], "size": [COLUMN_W * 2, 120],
                         "flags": {}, "order": len(ui["nodes"]), "mode": 0, "inputs": [], "outputs": [],
