@@ -5,8 +5,9 @@
   private local Ray instance is started for the batch and shut down after it. When Ray is already initialised in
   this process (a user's script, tests), that instance is used as it is.
 * Actors: with ``device`` 'cuda' or 'auto' and GPUs in the cluster, one actor per GPU (``num_gpus=1``; ``ray_workers``
-  caps the count); otherwise ``ray_workers`` CPU actors (default 1) sharing the cluster's CPUs, each running torch
-  with as many threads as it has CPUs. Every actor loads the pipeline once and checks its weights first.
+  caps the count); otherwise ``ray_workers`` CPU actors (default 1). Torch in each actor runs the cluster's CPUs
+  divided by the actors as threads (``threads`` overrides); CPU actors reserve those CPUs. Every actor loads the
+  pipeline once and checks its weights first.
 * Tasks are images, one at a time per actor, so faster actors take more. Each actor writes its GLB straight into the
   output folder when it sees that folder (a marker file written by the driver); otherwise (other machines without a
   shared disk) it returns the GLB's bytes and the driver writes them. The driver merges the entries into the manifest.
@@ -165,7 +166,9 @@ def _actor_plan(ray: Any, device: str, count: int | None, label: str) -> tuple[i
         n = min(count or gpus, gpus)
         if count and count > gpus:
             log.warning("%s %d: the cluster has %d GPU(s); using %d workers", label, count, gpus, n)
-        return n, {"num_gpus": 1, "num_cpus": 1}, "cuda", 0
+        # torch threads for the CPU parts (image decoding, decimation, PNG encoding); only 1 CPU is reserved, so that
+        # an actor fits on any GPU node whatever its core count
+        return n, {"num_gpus": 1, "num_cpus": 1}, "cuda", max(1, cpus // n)
     n = min(count or 1, max(cpus, 1))
     if count and count > n:
         log.warning("%s %d: the cluster has %d CPU(s); using %d workers", label, count, cpus, n)
