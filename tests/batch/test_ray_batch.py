@@ -11,6 +11,7 @@ import pytest
 
 from tests.batch.conftest import FAST, OUTPUTS, REPO, Recorder
 from trellis2_core.batch import run_batch
+from trellis2_core.errors import CancelledError
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
 
@@ -54,3 +55,22 @@ def test_a_killed_actor_is_a_lost_worker(ray_session, tmp_path):
     item = BatchInput("a.png", tmp_path / "a.png", "a.glb", 1)
     got = _outcome(ray, actor.run.remote(item, Entry("a.png", "a.glb", 1)))
     assert isinstance(got, WorkerLost) and "Actor" in got.message
+
+
+def test_cancel_stops_the_ray_workers_and_leaves_a_consistent_manifest(ray_session, batch_inputs, tmp_path):
+    out = tmp_path / "cancelled"
+
+    class CancelAfterFirst(Recorder):
+        def cancelled(self) -> bool:  # Cancel pressed once the first image is done
+            return any(done >= 1 for done, _, _ in self.batches)
+
+    options = {k: v for k, v in FAST.items() if k != "threads"}
+    with pytest.raises(CancelledError):
+        run_batch(batch_inputs, out, workers="ray", ray_workers=2, device="cpu", progress=CancelAfterFirst(),
+                  **options)
+    data = json.loads((out / "manifest.json").read_text())
+    status = {e["input"]: e["status"] for e in data["items"]}
+    assert set(status.values()) <= {"ok", "failed", "cancelled", "pending"} and "cancelled" in status.values()
+    made = sorted(p.name for p in out.iterdir() if p.suffix == ".glb")
+    assert made == sorted(e["output"] for e in data["items"] if e["status"] == "ok")  # every GLB is claimed, whole
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no .part, no marker

@@ -119,3 +119,19 @@ def test_bad_arguments_fail_before_anything_loads(tmp_path, batch_inputs, case):
         run_batch(batch_inputs, out, pipeline=tmp_path / "no-such-pipeline", **extra)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_ray_workers_without_ray_is_a_backend_error_with_the_pip_command(tmp_path, batch_inputs, monkeypatch):
+    import types
+
+    from trellis2_core import optional
+    from trellis2_core.errors import BackendError
+
+    def no_ray(name):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(optional, "installed_version", lambda dist: None)
+    monkeypatch.setattr(optional, "importlib", types.SimpleNamespace(import_module=no_ray))
+    with pytest.raises(BackendError, match=r"ray is not installed: run .*pip install 'ray>=2.40,<3'"):
+        run_batch(batch_inputs, tmp_path / "out", workers="ray", names={"workers": "--workers"}, **FAST)
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -120,10 +120,23 @@ class _ActorImpl:
     """The body of one Ray actor: a :class:`~.worker.BatchWorker` and where to put its GLBs."""
 
     def __init__(self, options: BatchOptions, output_dir: str, marker: str, token: str, name: str) -> None:
+        import threading
+
         self.options, self.output_dir, self.name = options, Path(output_dir), name
         self.marker, self.token = marker, token
         self.worker: Any = None
         self.shared = False
+        self._cancel = threading.Event()  # set by cancel(), which runs beside run() (max_concurrency=2)
+
+    def cancel(self) -> None:
+        """Stop the running image at its next cancellation checkpoint (within about a second); no partial file."""
+        self._cancel.set()
+
+    def cancelled(self) -> bool:  # the image's progress object: polled by image_to_glb
+        return self._cancel.is_set()
+
+    def step(self, stage: str, i: int, n: int) -> None:
+        pass
 
     def start(self) -> tuple[str, str]:
         """Load the pipeline (weights checked); ``('', where)`` or ``(error kind, message)``."""
@@ -145,11 +158,11 @@ class _ActorImpl:
     def run(self, item: BatchInput, entry: Entry) -> tuple[Entry, bytes | None]:
         """One image: the entry, and the GLB's bytes when the output folder is not shared."""
         if self.shared:
-            return self.worker.run(item, entry, self.output_dir / item.output), None
+            return self.worker.run(item, entry, self.output_dir / item.output, self), None
         scratch = Path(tempfile.mkdtemp(prefix="trellis2-batch-"))
         try:
             target = scratch / item.output
-            result = self.worker.run(item, entry, target)
+            result = self.worker.run(item, entry, target, self)
             return result, (target.read_bytes() if result.status == "ok" else None)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -214,7 +227,7 @@ def run_ray(options: BatchOptions, manifest: Manifest, todo: list[BatchInput], p
         n, resources, device, threads = _actor_plan(ray, options.device, count, names.get("ray_workers",
                                                                                             "ray_workers"))
         opts = dataclasses.replace(options, device=device, threads=options.threads or threads)
-        actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **resources)(_ActorImpl)
+        actor_cls = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2, **resources)(_ActorImpl)
         actors = {f"ray:{i}": actor_cls.remote(opts, str(folder), marker, token, f"ray:{i}") for i in range(n)}
         starts = {name: a.start.remote() for name, a in actors.items()}
         live = []
@@ -233,7 +246,7 @@ def run_ray(options: BatchOptions, manifest: Manifest, todo: list[BatchInput], p
 
         def submit(worker: str, item: BatchInput, attempt: int) -> Any:
             entry = manifest.entries[item.key]
-            entry.attempts = attempt - 1
+            entry.attempts, entry.worker = attempt - 1, worker
             report_batch(progress, counter["done"], total, f"{item.key} ({worker})")
             return actors[worker].run.remote(item, entry)
 
@@ -264,7 +277,7 @@ def run_ray(options: BatchOptions, manifest: Manifest, todo: list[BatchInput], p
         sched.run(todo)
     except BaseException as err:
         if sched is not None and sched.running:
-            _stop(ray, sched, folder, manifest, isinstance(err, (KeyboardInterrupt, CancelledError)))
+            _stop(ray, sched, actors, folder, manifest, isinstance(err, (KeyboardInterrupt, CancelledError)))
         raise
     finally:
         for actor in actors.values():
@@ -283,13 +296,17 @@ def _keep(folder: Path, manifest: Manifest, item: BatchInput, result: Entry, dat
     manifest.add(result)
 
 
-def _stop(ray: Any, sched: Scheduler, folder: Path, manifest: Manifest, cancelled: bool) -> None:
-    """Cancel the running tasks and wait a little; keep what finished meanwhile, mark the rest cancelled (or
-    pending when another error stops the batch) and remove what a killed task left behind."""
+def _stop(ray: Any, sched: Scheduler, actors: dict[str, Any], folder: Path, manifest: Manifest,
+          cancelled: bool) -> None:
+    """Cancel the running images (each stops at its next checkpoint and removes its temporary file) and wait a
+    little; then kill the actors, keep what finished meanwhile, mark the rest cancelled (or pending when another
+    error stops the batch) and remove what a killed task left behind."""
     refs = list(sched.running)
-    for ref in refs:
-        ray.cancel(ref)
+    for actor in actors.values():
+        actor.cancel.remote()
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_GRACE_S)
+    for actor in actors.values():
+        ray.kill(actor)
     for ref in refs:
         task, _worker = sched.running[ref]
         got = None

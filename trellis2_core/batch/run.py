@@ -226,6 +226,9 @@ def run_batch(
     if ray and isinstance(pipeline, Pipeline):
         raise InputError(f"{names.get('workers', 'workers')}='ray' loads the pipeline in every worker: pass its "
                          "Hugging Face id or folder, not a loaded Pipeline")
+    if ray and matting_model is not None and not isinstance(matting_model, (str, os.PathLike)):
+        raise InputError(f"{names.get('workers', 'workers')}='ray' loads the matting model in every worker: pass "
+                         "its folder or Hugging Face id, not a callable")
     device_name = check_device_name(device, names.get("device", "device"))
     checked = check_arguments(
         folder / items[0].output, pipeline=pipeline, pipeline_type=pipeline_type, seed=seed, steps=steps,
@@ -235,6 +238,14 @@ def run_batch(
         stage_names=stage_names)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"{names.get('threads', 'threads')} must be a whole number >= 1, got {threads!r}")
+    if ray_workers is not None and (isinstance(ray_workers, bool) or not isinstance(ray_workers, int)
+                                    or ray_workers < 1):
+        raise InputError(f"{names.get('ray_workers', 'ray_workers')} must be a whole number >= 1, got "
+                         f"{ray_workers!r}")
+    if ray:
+        from ..optional import require
+
+        require("ray", f"{names.get('workers', 'workers')} ray (batches over several GPUs or machines)")
     from ..config import FastPathConfig
 
     options = BatchOptions(
