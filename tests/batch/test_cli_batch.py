@@ -18,21 +18,24 @@ def test_rerun_through_the_cli_skips_finished_images_and_reports_the_broken_one(
     assert "Traceback" not in captured.err
 
 
-@pytest.mark.parametrize("case", ["missing_input", "glb_output", "bad_threads"])
+@pytest.mark.parametrize("case", ["missing_input", "glb_output", "bad_threads", "missing_weights"])
 def test_mistakes_are_one_error_line_with_exit_2(tmp_path, batch_inputs, capsys, case):
     src, out, extra = str(batch_inputs), str(tmp_path / "out"), []
     if case == "missing_input":
         src = str(tmp_path / "nowhere")
     elif case == "glb_output":
         out = str(tmp_path / "model.glb")
-    else:
+    elif case == "bad_threads":
         extra = ["--threads", "0"]
+    else:
+        extra = ["--pipeline", str(tmp_path / "no-such-pipeline")]
     rc = main(["batch", src, "-o", out, *CLI_FAST, *extra])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err
-    assert {"missing_input": "INPUT_DIR", "glb_output": "-o/--output", "bad_threads": "--threads"}[case] in lines[0]
-    assert not (tmp_path / "out").exists()
+    assert {"missing_input": "INPUT_DIR", "glb_output": "-o/--output", "bad_threads": "--threads",
+            "missing_weights": "no-such-pipeline"}[case] in lines[0]
+    assert not (tmp_path / "out").exists()  # nothing written before the mistake was found
 
 
 def test_single_image_command_is_unchanged_and_batch_shares_its_options():

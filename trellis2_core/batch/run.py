@@ -123,12 +123,11 @@ def _plan(manifest: Manifest, items: list[BatchInput], resume: bool) -> tuple[li
     return todo, skipped
 
 
-def _run_local(options: BatchOptions, manifest: Manifest, todo: list[BatchInput], progress: Any,
+def _run_local(worker: BatchWorker, manifest: Manifest, todo: list[BatchInput], progress: Any,
                total: int, done: int) -> None:
     """The images one after the other in this process, with one pipeline."""
-    threads = set_threads(options.threads)
+    threads = set_threads(worker.options.threads)
     try:
-        worker = BatchWorker(options)
         item_progress = _ImageProgress(progress)
         for item in todo:
             entry = manifest.entries[item.key]
@@ -259,15 +258,17 @@ def run_batch(
     todo, skipped = _plan(manifest, items, resume)
     if skipped:
         log.info("batch: %d of %d images already finished in %s (skipped)", skipped, len(items), folder)
+    # the pipeline's weights are checked before anything is written (Ray workers check them where they run)
+    worker = BatchWorker(options) if todo and not ray else None
     manifest.save()
     if todo:
         try:
-            if ray:
+            if worker is None:
                 from .ray_pool import run_ray
 
                 run_ray(options, manifest, todo, progress, len(items), skipped, ray_workers, ray_address, names)
             else:
-                _run_local(options, manifest, todo, progress, len(items), skipped)
+                _run_local(worker, manifest, todo, progress, len(items), skipped)
         finally:
             manifest.save()  # whatever happened: every entry is final, cancelled or pending
     else:
