@@ -241,7 +241,8 @@ def run_ray(options: BatchOptions, manifest: Manifest, todo: list[BatchInput], p
             else:
                 log.warning("batch: Ray worker %s did not start (%s)", name, getattr(got, "message", got))
         if not live:
-            raise BackendError("no Ray worker could start (see the Ray logs); check the cluster's resources")
+            raise BackendError("no Ray worker could start (see the Ray logs): every node needs this pack and its "
+                               "requirements installed, and the cluster the resources asked for")
         counter = {"done": done}
 
         def submit(worker: str, item: BatchInput, attempt: int) -> Any:
