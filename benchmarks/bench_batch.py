@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -122,12 +123,13 @@ def run_local(device: str, n: int, args: argparse.Namespace, log: Callable[[str]
             "warmup_s": [warm]}
 
 
-def _process_main(rank: int, device: str, wargs: tuple, threads: int, tasks: Any, results: Any, start: Any) -> None:
+def _process_main(rank: int, device: str, wargs: tuple, threads: int, tasks: Any, results: Any, start: Any,
+                  factory: Callable[..., Any] | None = None) -> None:
     """One spawned worker: build, warm up, report ready, wait for the start, then take images until a None."""
     torch.set_num_threads(threads)  # the workers share the CPU cores (decimation and other CPU work)
     try:
         t = time.perf_counter()
-        worker = SurrogateWorker(device, *wargs)
+        worker = (factory or SurrogateWorker)(device, *wargs)
         build = time.perf_counter() - t
         t = time.perf_counter()
         worker.image(0, warmup=True)
@@ -139,23 +141,37 @@ def _process_main(rank: int, device: str, wargs: tuple, threads: int, tasks: Any
         results.put(("error", rank, f"{type(err).__name__}: {err}"))
 
 
-def run_processes(devices: list[str], n: int, args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    """One spawned process per device, a shared queue of ``n`` images."""
+def run_processes(devices: list[str], n: int, args: argparse.Namespace, log: Callable[[str], None],
+                  factory: Callable[..., Any] | None = None) -> dict:
+    """One spawned process per device, a shared queue of ``n`` images (``factory``: the worker class, for tests)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     tasks, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
     threads = max(1, (os.cpu_count() or 1) // len(devices))
-    procs = [ctx.Process(target=_process_main, args=(r, d, _worker_args(args), threads, tasks, results, start),
+    procs = [ctx.Process(target=_process_main, args=(r, d, _worker_args(args), threads, tasks, results, start, factory),
                          daemon=True) for r, d in enumerate(devices)]
     for p in procs:
         p.start()
+
+    def receive() -> tuple:
+        """The next message; a worker that died without one (killed, crashed) is an error, not a hang."""
+        while True:
+            try:
+                kind, rank, value = results.get(timeout=10)
+            except queue.Empty:
+                dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"worker(s) died: {dead} (rank, exit code)") from None
+                continue
+            if kind == "error":
+                raise RuntimeError(f"worker {rank} ({devices[rank]}): {value}")
+            return kind, rank, value
+
     try:
         ready: dict[int, dict] = {}
         while len(ready) < len(devices):
-            kind, rank, value = results.get()
-            if kind == "error":
-                raise RuntimeError(f"worker {rank} ({devices[rank]}): {value}")
+            _, rank, value = receive()
             ready[rank] = value
         log(f"[{len(devices)} x processes] ready: " + ", ".join(
             f"{devices[r]} built {v['build_s']:.1f} s warm-up {v['warmup_s']:.1f} s" for r, v in sorted(ready.items())))
@@ -166,10 +182,7 @@ def run_processes(devices: list[str], n: int, args: argparse.Namespace, log: Cal
         images, t0 = [], time.perf_counter()
         start.set()
         while len(images) < n:
-            kind, rank, value = results.get()
-            if kind == "error":
-                raise RuntimeError(f"worker {rank} ({devices[rank]}): {value}")
-            images.append(value)
+            images.append(receive()[2])
         wall = time.perf_counter() - t0
     finally:
         for p in procs:

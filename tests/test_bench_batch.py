@@ -12,12 +12,24 @@ _REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
+    sys.path.insert(0, str(_REPO / "benchmarks"))  # spawned workers import it by name
     spec = importlib.util.spec_from_file_location("bench_batch", _REPO / "benchmarks" / "bench_batch.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     yield module
     del sys.modules[spec.name]
+    sys.path.remove(str(_REPO / "benchmarks"))
+
+
+class StandInWorker:
+    """Replaces SurrogateWorker in spawned processes (importable by name: tests.test_bench_batch)."""
+
+    def __init__(self, device, *args):
+        self.device = device
+
+    def image(self, seed, warmup=False):
+        return {"pipeline_s": 0.01, "export_s": 0.01, "total_s": 0.02, "faces": seed}
 
 
 def _run(workers, wall, per_image):
@@ -60,3 +72,11 @@ def test_bad_counts_are_refused_before_anything_builds(bench):
         bench.main(["--gpus", "0", "--device", "cpu"])
     with pytest.raises(SystemExit):
         bench.main(["--mode", "fastest", "--device", "cpu"])
+
+
+def test_process_launcher_gives_every_image_to_one_worker(bench):
+    args = bench.argparse.Namespace(type="1024_cascade", mode="fast", tiny=True, export_res=0, faces=1,
+                                    texture_size=256)
+    run = bench.run_processes(["cpu", "cpu"], 5, args, lambda msg: None, factory=StandInWorker)
+    assert sorted(i["faces"] for i in run["images"]) == [1000, 1001, 1002, 1003, 1004]  # each seed once
+    assert {i["worker"] for i in run["images"]} <= {0, 1} and run["workers"] == 2 and len(run["build_s"]) == 2
