@@ -39,7 +39,9 @@ class Trellis2ImageTo3D:
     """One image in, one textured GLB out, with the official settings; the preview shows the result."""
 
     DESCRIPTION = ("Runs everything with the official settings: background handling, DINOv3, structure, shape, "
-                   "material, decoding and GLB export to output/<prefix>_00001_.glb, then previews it.")
+                   "material, decoding and GLB export to output/<prefix>_00001_.glb, then previews it. An image "
+                   "batch makes one GLB per image (each with this seed) under one progress bar; for folders of "
+                   "images outside ComfyUI see 'python -m trellis2_core batch'.")
     CATEGORY = CATEGORY
     FUNCTION = "generate"
     OUTPUT_NODE = True
@@ -58,7 +60,7 @@ class Trellis2ImageTo3D:
                 "image": (IMAGE, {"tooltip": "The object image. Without transparency and without a mask a matting "
                                              "model removes the background (downloads ZhengPeng7/BiRefNet once)."}),
                 "seed": ("INT", {"default": 42, "min": 0, "max": SEED_MAX, "control_after_generate": True,
-                                 "tooltip": "Random seed (official default 42)."}),
+                                 "tooltip": "Random seed (official default 42); every image of a batch uses it."}),
                 "resolution": (list(PIPELINE_TYPES), {
                     "default": "1024_cascade",
                     "tooltip": "512 (fastest), 1024, 1024_cascade (official default) or 1536_cascade (most detail, "

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from typing import Any, Sequence
 
 from .config import ATTENTION_CHOICES  # torch-free, like everything the parser needs
 
-__all__ = ["main", "build_parser", "CLI_NAMES", "CLI_STAGE_NAMES"]
+__all__ = ["main", "build_parser", "add_run_options", "CLI_NAMES", "CLI_STAGE_NAMES", "SUBCOMMANDS"]
 
 log = logging.getLogger("trellis2_core")
 
@@ -42,15 +43,31 @@ _WEIGHTS_HELP = (
 )
 
 
+#: subcommands: ``python -m trellis2_core NAME ...`` runs ``main(argv)`` of the module (relative to this package)
+SUBCOMMANDS = {
+    "batch": (".cli_batch", "a folder of images -> one GLB per image (python -m trellis2_core batch --help)"),
+    "texture": (".cli_texture", "texture your own mesh from an image, keeping its UVs (python -m trellis2_core "
+                                "texture --help)"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     p = argparse.ArgumentParser(
         prog="python -m trellis2_core",
-        description="TRELLIS.2 image to textured 3D model (GLB).",
+        description="TRELLIS.2 image to textured 3D model (GLB). Subcommands: " + "; ".join(
+            f"{name}: {about}" for name, (_, about) in SUBCOMMANDS.items()) + ".",
         epilog=_WEIGHTS_HELP,
     )
-    p.add_argument("image", help="input image (RGBA with transparent background, or any image + background removal)")
+    p.add_argument("image", help="input image (RGBA with transparent background, or any image + background removal;"
+                                 " an image file named like a subcommand: write ./NAME)")
     p.add_argument("-o", "--output", required=True, help="output .glb path")
+    add_run_options(p)
+    return p
+
+
+def add_run_options(p: argparse.ArgumentParser, mask: bool = True) -> None:
+    """The options shared by every command that generates: model, sampling, background, export, output."""
     g = p.add_argument_group("model")
     g.add_argument("--pipeline", default="microsoft/TRELLIS.2-4B",
                    help="Hugging Face id or local pipeline folder (default: %(default)s)")
@@ -91,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--background", choices=("auto", "keep", "model", "none"), default="auto",
                    help="auto: keep the alpha of an RGBA image, else run the matting model; keep: use the alpha; "
                         "model: always run the matting model; none: use the image as it is (no crop)")
-    b.add_argument("--mask", default=None, help="foreground mask image (white = object); replaces matting")
+    if mask:
+        b.add_argument("--mask", default=None, help="foreground mask image (white = object); replaces matting")
     b.add_argument("--rembg-model", default=None,
                    help="matting model folder or HF id (default ZhengPeng7/BiRefNet, MIT; briaai/RMBG-2.0 works "
                         "too); its folder's Python code is run (trust_remote_code)")
@@ -110,7 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
 
 
 class _Bars:
@@ -197,12 +214,16 @@ def _fail(bars: _Bars, message: str, verbose: bool, status: int = 2) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit status (``texture MESH IMAGE ...`` runs the texturing subcommand)."""
+    """Run the CLI; returns the process exit status (``batch ...`` / ``texture ...`` run those subcommands)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["texture"]:
-        from .cli_texture import main as texture_main
+    if argv and argv[0] in SUBCOMMANDS:  # an image file of that name is passed as ./NAME
+        from importlib import import_module
 
-        return texture_main(argv[1:])
+        if os.path.isfile(argv[0]):
+            print(f"note: '{argv[0]}' runs the {argv[0]} subcommand; for the image file of that name write "
+                  f"./{argv[0]}", file=sys.stderr)
+
+        return import_module(SUBCOMMANDS[argv[0]][0], __package__).main(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args)
     from .errors import BackendError, InputError, Trellis2Error, WeightsError

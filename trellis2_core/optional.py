@@ -44,13 +44,15 @@ class Requirement:
                 "restart ComfyUI)")
 
 
-#: the optional-at-import packages of requirements.txt, by import name
+#: the optional-at-import packages of requirements.txt (and requirements-ray.txt), by import name
 REQUIREMENTS: dict[str, Requirement] = {
     "transformers": Requirement("transformers", "transformers", (4, 56), (6,)),
     "huggingface_hub": Requirement("huggingface_hub", "huggingface_hub", (0, 24)),
     "trimesh": Requirement("trimesh", "trimesh", (4, 5), (6,)),
     "fast_simplification": Requirement("fast-simplification", "fast_simplification", (0, 1, 7)),
     "safetensors": Requirement("safetensors", "safetensors", (0, 4, 3)),
+    # optional: requirements-ray.txt, for `python -m trellis2_core batch --workers ray`
+    "ray": Requirement("ray", "ray", (2, 40), (3,)),
 }
 
 
