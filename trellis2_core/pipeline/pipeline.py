@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -17,10 +17,12 @@ from torch import nn
 
 from ..cancel import cancel_on_forward, cancel_scope
 from ..config import FastPathConfig
+from ..errors import InputError
 from ..loading import (
-    ModelStore, PipelineConfig, as_config, check_model, load_image_cond_model, resolve_image_cond_folder,
+    ComfyPipeline, ModelStore, comfy_pipeline, PipelineConfig, as_config, check_model, load_image_cond_model, resolve_image_cond_folder,
     resolve_pipeline_dir,
 )
+from ..loading.comfy_pipeline import is_comfy_source
 from ..models.streaming import weights_on_device
 from ..params import check_device_name, check_dtype_name, check_max_num_tokens, check_seed
 from ..preprocess import preprocess_image
@@ -63,21 +65,40 @@ class Pipeline:
     """TRELLIS.2 image-to-3D over a pipeline config and a model getter (no global state, no device policy)."""
 
     def __init__(self, config: PipelineConfig | str | Path, models: Callable[[str], nn.Module] | None = None, *,
-                 image_cond_model: nn.Module | None = None, models_dir: str | Path | None = None) -> None:
+                 image_cond_model: nn.Module | None = None, models_dir: str | Path | None = None,
+                 comfy_files: ComfyPipeline | None = None) -> None:
+        """``comfy_files``: the ComfyUI-core files the models come from (None: the official layout)."""
         self.config = as_config(config)
-        self.models = models if models is not None else ModelStore(self.config)
+        self.comfy_files = comfy_files
+        if models is None:
+            models = comfy_files.model_store() if comfy_files is not None else ModelStore(self.config)
+        self.models = models
         self.models_dir = models_dir
         self._image_cond_model = image_cond_model
 
     @classmethod
     def from_pretrained(cls, source: str | Path, *, models_dir: str | Path | None = None,
                         device: str | torch.device = "cpu", dtype_override: torch.dtype | str | None = None,
-                        offline: bool | None = None, vram_preset: str = "high") -> "Pipeline":
-        """Resolve ``source`` (folder, ComfyUI models-dir name or HF repo id) and set up lazy model loading;
-        ``vram_preset`` ('high', 'medium', 'low', 'auto') as in :class:`~trellis2_core.loading.ModelStore`.
-        Nothing is loaded yet (see :meth:`check_ready`)."""
+                        offline: bool | None = None, vram_preset: str = "high",
+                        comfy_folders: Mapping[str, Sequence[str | Path]] | None = None) -> "Pipeline":
+        """Resolve ``source`` and set up lazy model loading; nothing is loaded yet (see :meth:`check_ready`).
+
+        ``source``: a pipeline folder, a ``<models_dir>/trellis2/<name>`` name, a Hugging Face repo id, or
+        ``comfy:<bundle>``: ComfyUI core's own TRELLIS.2 files, found in ``models_dir``'s ``diffusion_models`` /
+        ``unet``, ``vae`` and ``clip_vision`` folders (or in ``comfy_folders``: kind → folders, as ComfyUI's
+        ``folder_paths`` lists them). ``vram_preset`` ('high', 'medium', 'low', 'auto') as in
+        :class:`~trellis2_core.loading.ModelStore`.
+        """
         check_device_name(device)
         check_dtype_name(dtype_override, "dtype_override")
+        if is_comfy_source(source):
+            if models_dir is None and comfy_folders is None:
+                raise InputError(f"pipeline {source!r} names ComfyUI-core files: pass models_dir (--models-dir), "
+                                 "ComfyUI's models folder holding diffusion_models/, vae/ and clip_vision/")
+            files = comfy_pipeline(models_dir, name=str(source), folders=comfy_folders)
+            store = files.model_store(device=device, dtype_override=dtype_override, offline=offline,
+                                      vram_preset=vram_preset)
+            return cls(files.config, store, models_dir=models_dir, comfy_files=files)
         root = resolve_pipeline_dir(source, models_dir=models_dir, offline=offline)
         config = PipelineConfig.from_pipeline_json(root)
         store = ModelStore(config, device=device, dtype_override=dtype_override, offline=offline,
@@ -92,9 +113,12 @@ class Pipeline:
             device = getattr(self.models, "device", "cpu")
             residency = getattr(self.models, "residency", None)
             offloads = residency is not None and residency.offloads
-            model = load_image_cond_model(self.config, models_dir=self.models_dir,
-                                          device="cpu" if offloads else device,
-                                          offline=getattr(self.models, "offline", None))
+            where = "cpu" if offloads else device
+            if self.comfy_files is not None:
+                model = self.comfy_files.load_image_cond_model(device=where)
+            else:
+                model = load_image_cond_model(self.config, models_dir=self.models_dir, device=where,
+                                              offline=getattr(self.models, "offline", None))
             self._image_cond_model = self.models.adopt(IMAGE_COND_KEY, model) if offloads else model
         return self._image_cond_model
 
@@ -134,12 +158,22 @@ class Pipeline:
         for latent in ("shape_slat", "tex_slat"):
             self.config.normalization(latent)
         store = self.models
+        files = self.comfy_files
+        if files is not None:
+            files.check_pipeline_type(ptype)
         if isinstance(store, ModelStore):
             for key in ptype.model_keys:
-                if key not in store:
+                if key in store:
+                    continue
+                if files is not None:
+                    files.check_model(key, dtype_override=store.dtype_override)
+                else:
                     check_model(self.config, key, dtype_override=store.dtype_override, offline=store.offline)
             if self._image_cond_model is None:
-                resolve_image_cond_folder(self.config, models_dir=self.models_dir, offline=store.offline)
+                if files is not None:
+                    files.check_image_cond_model()
+                else:
+                    resolve_image_cond_folder(self.config, models_dir=self.models_dir, offline=store.offline)
         return ptype
 
     # ------------------------------------------------------------------ runs
