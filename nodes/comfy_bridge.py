@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MODELS_FOLDER", "comfy_module", "have_comfy", "progress_bar", "interrupted", "raise_interrupted",
-    "models_dir", "trellis2_dirs", "register_model_folder", "output_dir", "torch_device", "total_memory",
+    "models_dir", "trellis2_dirs", "comfy_model_folders", "register_model_folder", "output_dir", "torch_device", "total_memory",
     "free_memory", "empty_cache", "core_mesh", "PlainMesh", "ensure_module_mime_type", "on_pack_load",
 ]
 
@@ -117,6 +117,25 @@ def trellis2_dirs() -> list[Path]:
     if fp is not None and MODELS_FOLDER in fp.folder_names_and_paths:
         return [Path(p) for p in fp.get_folder_paths(MODELS_FOLDER)]
     return [models_dir() / MODELS_FOLDER]
+
+
+def comfy_model_folders() -> dict[str, list[Path]]:
+    """Where ComfyUI core keeps its own TRELLIS.2 files: folder kind ('diffusion_models' (incl. the legacy
+    ``unet``), 'vae', 'clip_vision') → folders, extra_model_paths.yaml included; outside ComfyUI the defaults
+    under :func:`models_dir`."""
+    from trellis2_core.loading.comfy_files import FOLDER_KINDS, comfy_folders
+
+    fp = comfy_module("folder_paths") if have_comfy() else None
+    if fp is None:
+        return comfy_folders(models_dir())
+    out: dict[str, list[Path]] = {}
+    for kind, subs in FOLDER_KINDS.items():
+        paths: list[Path] = []
+        for name in (kind, *subs):
+            if name in fp.folder_names_and_paths:
+                paths += [Path(p) for p in fp.get_folder_paths(name) if Path(p) not in paths]
+        out[kind] = paths
+    return out
 
 
 def output_dir() -> Path:

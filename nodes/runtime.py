@@ -80,7 +80,11 @@ class PipelineHandle:
 
     def _estimate_bytes(self, keys: Iterable[str]) -> int:
         total = 0
+        files = self.pipeline.comfy_files
         for key in keys:
+            if files is not None:  # ComfyUI core's files: sizes from their headers
+                total += files.model_nbytes(key)
+                continue
             try:
                 _, st = resolve_model_files(self.config.root, self.config.model_ref(key), offline=True)
                 total += st.stat().st_size

@@ -191,6 +191,8 @@ class Trellis2SampleShape:
         check_widgets(node, {"resolution": resolution, "max_num_tokens": max_num_tokens, "stage_seed": stage_seed})
         ptype = PipelineType.parse(resolution, widget_label(node, "resolution"))
         _need_1024(conditioning, ptype)
+        if pipeline.pipeline.comfy_files is not None:  # core's files lack the 512 texture flow: say so now
+            pipeline.pipeline.comfy_files.check_pipeline_type(ptype)
         values = _overrides(node, "shape_slat", params)
         sampler = pipeline.pipeline.sampler_params("shape_slat", values)
         norm = pipeline.config.normalization("shape_slat")

@@ -195,6 +195,22 @@ class ComfyPipeline:
                 quantised = True
         check_strict(entry.file, model.state_dict(), fixes=fixes, prefix=entry.prefix, check_dtypes=not quantised)
 
+    def model_nbytes(self, key: str) -> int:
+        """Bytes of model ``key``'s tensors in its file (from the header; 0 for a model these files lack)."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return 0
+        sizes = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "F16": 2, "BF16": 2, "I32": 4,
+                 "F32": 4, "I64": 8, "F64": 8}
+        total = 0
+        for name, (dtype, shape) in read_header(entry.file).tensors.items():
+            if name.startswith(entry.prefix):
+                count = 1
+                for d in shape:
+                    count *= d
+                total += count * sizes.get(dtype, 4)
+        return total
+
     def check_image_cond_model(self) -> None:
         """The DINOv3 file is there (its header was classified when the files were found)."""
         if not self.files.dino.path.is_file():
