@@ -80,7 +80,7 @@ class PipelineHandle:
 
     def _estimate_bytes(self, keys: Iterable[str]) -> int:
         total = 0
-        files = self.pipeline.comfy_files
+        files = getattr(self.pipeline, "comfy_files", None)
         for key in keys:
             if files is not None:  # ComfyUI core's files: sizes from their headers
                 total += files.model_nbytes(key)
