@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 
 from trellis2_core.errors import InputError
-from trellis2_core.pipeline.stages import decode
 
 from .checks import require_asset
 from .core_io import decoded_core_mesh, voxel_output
@@ -65,12 +64,10 @@ class Trellis2DecodeMesh:
         if material is not None and not _same_voxels(material, shape):
             raise InputError("the material latent was sampled from another shape latent; connect the Sample "
                              "Material node that uses this shape")
-        keys = ("shape_slat_decoder",) + (("tex_slat_decoder",) if material is not None else ())
+        keys = shape.pipeline_type.stage_keys("decode")[: 2 if material is not None else 1]
         progress = StageProgress(1)
         with comfy_errors(), pipeline.models_for(keys):
-            get = pipeline.pipeline.models
-            decoded = decode(get(keys[0]), get(keys[1]) if material is not None else None, shape.shape.slat,
-                             material.material.slat if material is not None else None, shape.shape.res)
+            decoded = pipeline.pipeline.run_decode(shape.shape, material.material if material is not None else None)
         progress.advance()
         if not decoded.meshes:
             raise InputError("decoding produced no mesh")

@@ -11,6 +11,7 @@ from typing import Any
 
 from trellis2_core.errors import InputError
 from trellis2_core.postprocess import ExportConfig, ExportReport, export_glb
+from trellis2_core.postprocess.glb import ALPHA_MODES, TEXTURE_FORMATS
 from trellis2_core.postprocess.output_file import write_atomically
 
 from . import comfy_bridge as bridge
@@ -22,26 +23,25 @@ from .types import CATEGORY, CORE_FILE_3D_ANY, CORE_FILE_3D_GLB, CORE_MESH, CORE
 __all__ = ["Trellis2ExportGLB", "Trellis2PreviewGLB", "UI_KEY", "export_inputs", "export_config", "write_items"]
 
 UI_KEY = "trellis2_glb"  # the ui-output key our web extension reads
-ALPHA_MODES = ("OPAQUE", "MASK", "BLEND")
-TEXTURE_FORMATS = ("png", "webp")
+_DEFAULT = ExportConfig()  # the library's defaults (official demo settings) are the widgets' defaults
 
 
 def export_inputs() -> dict[str, tuple]:
     """GLB export widgets (shared with Image to 3D)."""
     return {
-        "texture_size": ("INT", {"default": 2048, "min": 256, "max": 8192, "step": 256,
+        "texture_size": ("INT", {"default": _DEFAULT.texture_size, "min": 256, "max": 8192, "step": 256,
                                  "tooltip": "Pixels per side of the base-colour and metallic-roughness textures "
                                             "(official demo 2048)."}),
-        "target_faces": ("INT", {"default": 500_000, "min": 0, "max": 20_000_000, "step": 1000,
+        "target_faces": ("INT", {"default": _DEFAULT.target_faces, "min": 0, "max": 20_000_000, "step": 1000,
                                  "tooltip": "Faces after simplification (official demo 500 000); 0 disables. "
                                             "Ignored for meshes already unwrapped by UV Unwrap."}),
-        "alpha_mode": (list(ALPHA_MODES), {"default": "OPAQUE",
+        "alpha_mode": (list(ALPHA_MODES), {"default": _DEFAULT.alpha_mode,
                                            "tooltip": "glTF alphaMode: OPAQUE (official) ignores the alpha channel, "
                                                       "MASK cuts at 0.5, BLEND blends."}),
         "double_sided": ("BOOLEAN", {"default": True,
                                      "tooltip": "Render both sides of every face (official: on without remesh). "
                                                 "Export GLB turns it off when remesh is on."}),
-        "texture_format": (list(TEXTURE_FORMATS), {"default": "png",
+        "texture_format": (list(TEXTURE_FORMATS), {"default": _DEFAULT.texture_format,
                                                    "tooltip": "png: lossless, opens everywhere. webp: much smaller, "
                                                               "needs viewers with EXT_texture_webp."}),
     }

@@ -9,7 +9,7 @@ from trellis2_core.api import image_to_glb
 from trellis2_core.pipeline.stages import PipelineType
 from trellis2_core.postprocess import fill_holes
 from trellis2_core.errors import InputError
-from trellis2_core.params import check_faces, check_run_options
+from trellis2_core.params import PIPELINE_TYPES, check_faces, check_run_options
 from trellis2_core.pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS
 from trellis2_core.preprocess.background import (
     DEFAULT_MATTING_MODEL, load_matting_model, needs_matting, prepare_image,
@@ -22,18 +22,12 @@ from .checks import check_widgets, node_title, require_asset, widget_label
 from .images import batch_size, check_image, check_mask, mask_at, to_pil
 from .paths import DEFAULT_PREFIX, next_output_path
 from .runtime import PipelineHandle, StageProgress, comfy_errors
-from .sample import PIPELINE_TYPES, SEED_MAX
+from .sample import SEED_MAX
 from .types import CATEGORY, CORE_FILE_3D_GLB, CORE_MESH, IMAGE, MASK, MESH_ASSET, PIPELINE, STRING, MeshAsset
 
 __all__ = ["Trellis2ImageTo3D"]
 
 _EXPORT_UNITS = 6  # export_glb steps
-
-
-def _stage_keys(ptype: PipelineType) -> tuple[str, ...]:
-    shape = (("shape_slat_flow_model_512", "shape_slat_flow_model_1024") if ptype.cascade else (ptype.shape_model,))
-    return ("sparse_structure_flow_model", "sparse_structure_decoder", *shape, ptype.tex_model,
-            "shape_slat_decoder", "tex_slat_decoder")
 
 
 class Trellis2ImageTo3D:
@@ -114,7 +108,7 @@ class Trellis2ImageTo3D:
         per_item = 3 + int(steps) * (4 if ptype.cascade else 3) + 1 + _EXPORT_UNITS
         progress = StageProgress(per_item * n)
         entries, items, assets = [], [], []
-        with comfy_errors(), pipeline.models_for(_stage_keys(ptype)):
+        with comfy_errors(), pipeline.models_for(ptype.model_keys):
             for i in range(n):
                 pil = to_pil(image, i)
                 item_mask = mask_at(mask, i)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from trellis2_core.arguments import resolve_device
 from trellis2_core.config import ATTENTION_CHOICES, FastPathConfig
 from trellis2_core.errors import BackendError, InputError, WeightsError
 from trellis2_core.loading import PIPELINE_JSON, resolve_pipeline_dir
@@ -46,15 +47,9 @@ def list_sources() -> list[str]:
 
 
 def _device(choice: str) -> torch.device:
-    label = widget_label(Trellis2LoadModel, "device")
-    if choice == "auto":
-        return bridge.torch_device()
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise BackendError(f"{label} is 'cuda' but PyTorch {torch.__version__} sees no CUDA/ROCm GPU on this "
-                           "machine; choose 'auto' or 'cpu'")
-    if choice == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise BackendError(f"{label} is 'mps' but this PyTorch has no Apple MPS support; choose 'auto' or 'cpu'")
-    return torch.device(choice)
+    """'auto' = ComfyUI's device (honours --cpu / --cuda-device); every choice checked by the library's resolver."""
+    return resolve_device(bridge.torch_device() if choice == "auto" else choice,
+                          widget_label(Trellis2LoadModel, "device"))
 
 
 def _one_copy_of_hub_logs() -> None:

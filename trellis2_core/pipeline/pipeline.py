@@ -24,6 +24,7 @@ from ..loading import (
 )
 from ..loading.comfy_pipeline import is_comfy_source
 from ..models.streaming import weights_on_device
+from ..models.structure_decoder import occupancy_to_coords
 from ..params import check_device_name, check_dtype_name, check_max_num_tokens, check_seed
 from ..preprocess import preprocess_image
 from .sampler import SamplerParams
@@ -201,6 +202,63 @@ class Pipeline:
         return self.run_from_conditioning(cond, seed=seed, pipeline_type=ptype, samplers=samplers,
                                           max_num_tokens=max_num_tokens, hooks=hooks, fast=fast)
 
+    # ------------------------------------------------------------------ stages (one call each; the nodes' API)
+    def stage_keys(self, stage: str, pipeline_type: PipelineType | str | None = None) -> tuple[str, ...]:
+        """The models stage ``stage`` ('structure', 'shape', 'material', 'decode') uses for ``pipeline_type``."""
+        return self._type(pipeline_type).stage_keys(stage)
+
+    @torch.no_grad()
+    def run_structure(self, cond: Conditioning, generator: torch.Generator, *,
+                      pipeline_type: PipelineType | str | None = None, sampler: Mapping[str, Any] | None = None,
+                      hooks: StageHooks = StageHooks(), fast: FastPathConfig | None = None) -> Structure:
+        """Stage 2 (§1.1): sparse-structure sampling + occupancy, with the 512 px tokens, at ``pipeline_type``'s
+        structure grid (default: pipeline.json's type). ``sampler`` overrides pipeline.json's settings."""
+        ptype = self._type(pipeline_type)
+        get = self.models
+        return sample_structure(get("sparse_structure_flow_model"), get("sparse_structure_decoder"), cond.at(512),
+                                self.sampler_params("sparse_structure", sampler), ptype.ss_res, generator, hooks,
+                                fast=fast)
+
+    @torch.no_grad()
+    def run_shape(self, cond: Conditioning, structure: Structure, generator: torch.Generator, *,
+                  pipeline_type: PipelineType | str | None = None, sampler: Mapping[str, Any] | None = None,
+                  max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS, hooks: StageHooks = StageHooks(),
+                  fast: FastPathConfig | None = None) -> ShapeLatent:
+        """Stage 3 (§1.2-1.3): the shape latent on ``structure``'s voxels, at 512/1024 or as a cascade. A structure
+        sampled at another grid is re-pooled from its occupancy logits to this type's grid."""
+        ptype = self._type(pipeline_type)
+        check_max_num_tokens(max_num_tokens)
+        coords = (structure.coords if structure.resolution == ptype.ss_res
+                  else occupancy_to_coords(structure.logits, ptype.ss_res))
+        params = self.sampler_params("shape_slat", sampler)
+        norm = self.config.normalization("shape_slat")
+        get = self.models
+        if ptype.cascade:
+            return sample_shape_cascade(
+                get("shape_slat_flow_model_512"), get("shape_slat_flow_model_1024"), get("shape_slat_decoder"),
+                cond.at(512), cond.at(1024), coords, params, norm, ptype.resolution, generator, max_num_tokens,
+                hooks, fast=fast)
+        return sample_shape(get(ptype.shape_model), cond.at(ptype.cond_resolution), coords, params, norm,
+                            ptype.resolution, generator, hooks, fast=fast)
+
+    @torch.no_grad()
+    def run_material(self, cond: Conditioning, shape: ShapeLatent, generator: torch.Generator, *,
+                     pipeline_type: PipelineType | str | None = None, sampler: Mapping[str, Any] | None = None,
+                     hooks: StageHooks = StageHooks(), fast: FastPathConfig | None = None) -> MaterialLatent:
+        """Stage 4 (§1.1): the texture latent on ``shape``'s voxels."""
+        ptype = self._type(pipeline_type)
+        return sample_material(
+            self.models(ptype.tex_model), cond.at(ptype.cond_resolution), shape.slat,
+            self.sampler_params("tex_slat", sampler), self.config.normalization("shape_slat"),
+            self.config.normalization("tex_slat"), generator, hooks, fast=fast)
+
+    @torch.no_grad()
+    def run_decode(self, shape: ShapeLatent, material: MaterialLatent | None = None) -> Decoded:
+        """Stages 5-6: meshes (before hole filling) and, with ``material``, the PBR voxels."""
+        get = self.models
+        return decode(get("shape_slat_decoder"), get("tex_slat_decoder") if material is not None else None,
+                      shape.slat, material.slat if material is not None else None, shape.res)
+
     @torch.no_grad()
     def run_from_conditioning(self, cond: Conditioning, *, seed: int = DEFAULT_SEED,
                               pipeline_type: PipelineType | str | None = None,
@@ -215,25 +273,12 @@ class Pipeline:
         samplers = samplers or SamplerOverrides()
         gen = torch.Generator(device="cpu")
         gen.manual_seed(seed)
-        get = self.models
-        structure = sample_structure(
-            get("sparse_structure_flow_model"), get("sparse_structure_decoder"), cond.at(512),
-            self.sampler_params("sparse_structure", samplers.sparse_structure), ptype.ss_res, gen, hooks, fast=fast)
-        shape_params = self.sampler_params("shape_slat", samplers.shape_slat)
-        shape_norm = self.config.normalization("shape_slat")
-        if ptype.cascade:
-            shape = sample_shape_cascade(
-                get("shape_slat_flow_model_512"), get("shape_slat_flow_model_1024"), get("shape_slat_decoder"),
-                cond.at(512), cond.at(1024), structure.coords, shape_params, shape_norm, ptype.resolution, gen,
-                max_num_tokens, hooks, fast=fast)
-        else:
-            shape = sample_shape(get(ptype.shape_model), cond.at(ptype.cond_resolution), structure.coords,
-                                 shape_params, shape_norm, ptype.resolution, gen, hooks, fast=fast)
-        material = sample_material(
-            get(ptype.tex_model), cond.at(ptype.cond_resolution), shape.slat,
-            self.sampler_params("tex_slat", samplers.tex_slat), shape_norm, self.config.normalization("tex_slat"),
-            gen, hooks, fast=fast)
+        structure = self.run_structure(cond, gen, pipeline_type=ptype, sampler=samplers.sparse_structure,
+                                       hooks=hooks, fast=fast)
+        shape = self.run_shape(cond, structure, gen, pipeline_type=ptype, sampler=samplers.shape_slat,
+                               max_num_tokens=max_num_tokens, hooks=hooks, fast=fast)
+        material = self.run_material(cond, shape, gen, pipeline_type=ptype, sampler=samplers.tex_slat, hooks=hooks,
+                                     fast=fast)
         with cancel_scope(hooks.should_cancel):  # decoders poll between their blocks
-            decoded = decode(get("shape_slat_decoder"), get("tex_slat_decoder"), shape.slat, material.slat,
-                             shape.res)
+            decoded = self.run_decode(shape, material)
         return PipelineResult(ptype, int(seed), cond, structure, shape, material, decoded)
