@@ -49,11 +49,16 @@ CORE_SCHEMAS: dict[str, dict[str, Any]] = {
     # SaveGLB: the frontend adds its 3D viewer widget 'image' after filename_prefix (the backend ignores it)
     "SaveGLB": {"required": {"mesh": ("MESH",), "filename_prefix": ("STRING", {"default": "mesh/ComfyUI"})},
                 "optional": {"image": ("STRING", {"default": ""})}},
+    "FillHoles": {"required": {"mesh": ("MESH",),
+                               "max_perimeter": ("FLOAT", {"default": 0.03, "min": 0.0, "step": 0.0001}),
+                               "weld_epsilon_rel": ("FLOAT", {"default": 1e-5, "min": 0.0, "step": 1e-6}),
+                               "max_vertices": ("INT", {"default": 16, "min": 3, "max": 1024}),
+                               "fill_chains": ("BOOLEAN", {"default": False})}},
 }
 CORE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "LoadImage": ("IMAGE", "MASK"), "CheckpointLoaderSimple": ("MODEL", "CLIP", "VAE"),
     "CLIPTextEncode": ("CONDITIONING",), "EmptyLatentImage": ("LATENT",), "KSampler": ("LATENT",),
-    "VAEDecode": ("IMAGE",), "PreviewImage": (), "SaveGLB": (),
+    "VAEDecode": ("IMAGE",), "PreviewImage": (), "SaveGLB": (), "FillHoles": ("MESH",),
 }
 CORE_OUTPUT_NODES = {"PreviewImage", "SaveGLB"}
 
@@ -88,12 +93,17 @@ def make_core_stubs(input_dir: Path, sdxl_picture: Image.Image, calls: dict[str,
         record("SaveGLB", vertices=tuple(mesh.vertices.shape), faces=tuple(mesh.faces.shape))
         return {"ui": {"3d": []}, "result": ()}
 
+    def fill_holes(mesh: Any, **settings: Any) -> tuple:  # our core_mesh is hole-filled already: passes through
+        record("FillHoles", counts=getattr(mesh, "vertex_counts", None), **settings)
+        return (mesh,)
+
     def preview(images: Any) -> dict:
         record("PreviewImage", shape=tuple(images.shape))
         return {"ui": {"images": []}, "result": ()}
 
     functions = {
         "LoadImage": load_image,
+        "FillHoles": fill_holes,
         "CheckpointLoaderSimple": lambda ckpt_name: (record("Checkpoint", name=ckpt_name) or "MODEL", "CLIP", "VAE"),
         "CLIPTextEncode": lambda text, clip: (("CONDITIONING", text),),
         "EmptyLatentImage": lambda width, height, batch_size: ({"samples": torch.zeros(batch_size, 4, height // 8,

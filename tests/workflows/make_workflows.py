@@ -125,8 +125,28 @@ def low_vram() -> dict[str, Any]:
     return graph
 
 
+def mixed_core() -> dict[str, Any]:
+    """Our generation, ComfyUI core's mesh nodes in between, our export, core's Save GLB of the textured MESH."""
+    graph = {"1": _node("LoadImage", "Load Image", image=IMAGE)}
+    staged = _staged(["1", 0], ["1", 1], "auto", "1024_cascade", 49152, 500_000, 2048, "trellis2/mixed", 2)
+    for key in ("9", "10", "11"):  # our Fill Holes, Decimate, UV Unwrap are replaced below
+        del staged[key]
+    graph.update(staged)
+    graph["9"] = _node("FillHoles", "Core Fill Holes (on core_mesh)", mesh=["8", 1], max_perimeter=0.03,
+                       weld_epsilon_rel=1e-5, max_vertices=16, fill_chains=False)
+    graph["10"] = _node("Trellis2DecimateMesh", "Decimate Mesh (core MESH in)", mesh=["9", 0],
+                        target_faces=500_000, min_component_area=1e-5)
+    graph["11"] = _node("Trellis2UnwrapUV", "UV Unwrap", mesh=["10", 0], texture_size=2048, padding=2,
+                        max_cone_angle=60.0)
+    graph["12"]["inputs"].update(mesh=["11", 0], voxel=["8", 2])  # Export GLB bakes from Decode Mesh's VOXEL
+    graph["13"] = _node("SaveGLB", "Core Save GLB (textured core MESH)", mesh=["12", 1],
+                        filename_prefix="trellis2/mixed_core")
+    return dict(sorted(graph.items(), key=lambda kv: int(kv[0])))  # the frontend links nodes in this order
+    return graph
+
+
 WORKFLOWS = {"trellis2_simple": simple, "trellis2_staged": staged, "trellis2_sdxl_text_to_3d": sdxl,
-             "trellis2_low_vram": low_vram}
+             "trellis2_low_vram": low_vram, "trellis2_mixed_core": mixed_core}
 
 # -------------------------------------------------------------------------------------------------- layout
 NOTES = {
@@ -140,6 +160,9 @@ NOTES = {
     "trellis2_low_vram": "For 6–12 GB GPUs: vram_preset low streams each transformer/decoder block from RAM (≤ 4 GB "
                          "of tensors at 1024; ComfyUI unloads its own models first), max_num_tokens 24576, 200k "
                          "faces, 1024² textures.",
+    "trellis2_mixed_core": "Next to ComfyUI's own 3D nodes: Decode Mesh's core_mesh (ComfyUI MESH) goes through "
+                           "core's Fill Holes and back into this pack's Decimate / UV Unwrap; Export GLB bakes from "
+                           "Decode Mesh's voxel output and hands its textured core_mesh to core's Save GLB.",
 }
 COLUMN_X = 40
 COLUMN_W = 380

@@ -62,7 +62,7 @@ def test_nodes_and_links(path):
         assert out_types[src_slot] == kind, f"link {link_id}: {s['type']} output {src_slot} is {out_types[src_slot]}"
         assert link_id in s["outputs"][src_slot]["links"]
         entry = d["inputs"][dst_slot]
-        assert entry["link"] == link_id and entry["type"] == kind
+        assert entry["link"] == link_id and kind in entry["type"].split(",")  # an input may take a union 'A,B'
         spec = dict((n, sp) for sec in ("required", "optional") for n, sp in known[d["type"]].get(sec, {}).items())
         assert entry["name"] in spec, f"{d['type']} has no input {entry['name']}"
         accepted = input_type(spec[entry["name"]]).split(",")  # 'A,B' takes A or B (ComfyUI's union types)
