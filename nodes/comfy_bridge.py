@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MODELS_FOLDER", "comfy_module", "have_comfy", "progress_bar", "interrupted", "raise_interrupted",
-    "models_dir", "trellis2_dirs", "comfy_model_folders", "register_model_folder", "output_dir", "torch_device", "total_memory",
-    "free_memory", "empty_cache", "core_mesh", "core_voxel", "core_file_3d", "input_dir", "PlainMesh",
+    "models_dir", "trellis2_dirs", "comfy_model_folders", "register_model_folder", "output_dir", "torch_device",
+    "total_memory", "free_memory", "empty_cache", "core_mesh", "core_voxel", "core_file_3d", "input_dir", "PlainMesh",
     "PlainVoxel", "PlainFile3D", "ensure_module_mime_type", "on_pack_load",
 ]
 

@@ -29,7 +29,8 @@ from .errors import InputError
 
 __all__ = [
     "MAX_SEED", "MAX_STEPS", "MAX_GUIDANCE", "MAX_RESCALE_T", "MAX_NUM_TOKENS", "MAX_FACES", "MIN_CASCADE_RESOLUTION",
-    "MAX_CASCADE_RESOLUTION", "CASCADE_STEP", "PIPELINE_TYPES", "ALPHA_MODES", "TEXTURE_FORMATS", "SAMPLER_STAGES", "SAMPLER_KEYS", "DTYPE_NAMES",
+    "MAX_CASCADE_RESOLUTION", "CASCADE_STEP", "PIPELINE_TYPES", "ALPHA_MODES", "TEXTURE_FORMATS", "SAMPLER_STAGES",
+    "SAMPLER_KEYS", "DTYPE_NAMES",
     "check_int", "check_float", "check_bool", "check_choice", "check_seed", "check_steps", "check_guidance",
     "check_max_num_tokens", "check_faces", "parse_pipeline_type", "check_pipeline_type", "check_sampler_values",
     "check_sampler_overrides", "check_dtype_name", "check_folder", "check_device_name", "check_run_options",

@@ -140,7 +140,8 @@ def _open_strict(path: str | Path, expected: Mapping[str, Tensor], fixes: KeyFix
     out: dict[str, Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            source = _plan(f, path, expected, fixes or {}, config_name, prefix, check_dtype=transform is None and check_header_dtypes)
+            source = _plan(f, path, expected, fixes or {}, config_name, prefix,
+                           check_dtype=transform is None and check_header_dtypes)
             if not read:
                 return out
             dtypes = []

@@ -3,7 +3,9 @@
 The official ``Trellis2ImageTo3DPipeline.run`` order: preprocess → seed → DINOv3 at 512 (and 1024 unless type
 '512') → sparse structure (``cond_512``) → shape (512 / 1024 / cascade) → texture → decode. Sampler settings are the
 pipeline.json blocks with the caller's overrides merged on top (§1.4). Models come from a getter (normally a
-:class:`~trellis2_core.loading.ModelStore`), loaded on first use.
+:class:`~trellis2_core.loading.ModelStore`), loaded on first use. One public method per stage
+(:meth:`Pipeline.run_structure`, :meth:`~Pipeline.run_shape`, :meth:`~Pipeline.run_material`,
+:meth:`~Pipeline.run_decode`) is what :meth:`Pipeline.run_from_conditioning` and the ComfyUI nodes call.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from ..cancel import cancel_on_forward, cancel_scope
 from ..config import FastPathConfig
 from ..errors import InputError
 from ..loading import (
-    ComfyPipeline, ModelStore, comfy_pipeline, PipelineConfig, as_config, check_model, load_image_cond_model, resolve_image_cond_folder,
-    resolve_pipeline_dir,
+    ComfyPipeline, ModelStore, PipelineConfig, as_config, check_model, comfy_pipeline, load_image_cond_model,
+    resolve_image_cond_folder, resolve_pipeline_dir,
 )
 from ..loading.comfy_pipeline import is_comfy_source
 from ..models.streaming import weights_on_device
