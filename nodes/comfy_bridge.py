@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MODELS_FOLDER", "comfy_module", "have_comfy", "progress_bar", "interrupted", "raise_interrupted",
-    "models_dir", "trellis2_dirs", "register_model_folder", "output_dir", "input_dir", "torch_device", "total_memory",
-    "free_memory", "empty_cache", "core_mesh", "PlainMesh", "ensure_module_mime_type", "on_pack_load",
+    "models_dir", "trellis2_dirs", "comfy_model_folders", "register_model_folder", "output_dir", "torch_device",
+    "total_memory", "free_memory", "empty_cache", "core_mesh", "core_voxel", "core_file_3d", "input_dir", "PlainMesh",
+    "PlainVoxel", "PlainFile3D", "ensure_module_mime_type", "on_pack_load",
 ]
 
 MODELS_FOLDER = "trellis2"  # ComfyUI/models/trellis2/<pipeline folder>
@@ -120,6 +121,25 @@ def trellis2_dirs() -> list[Path]:
     return [models_dir() / MODELS_FOLDER]
 
 
+def comfy_model_folders() -> dict[str, list[Path]]:
+    """Where ComfyUI core keeps its own TRELLIS.2 files: folder kind ('diffusion_models' (incl. the legacy
+    ``unet``), 'vae', 'clip_vision') → folders, extra_model_paths.yaml included; outside ComfyUI the defaults
+    under :func:`models_dir`."""
+    from trellis2_core.loading.comfy_files import FOLDER_KINDS, comfy_folders
+
+    fp = comfy_module("folder_paths") if have_comfy() else None
+    if fp is None:
+        return comfy_folders(models_dir())
+    out: dict[str, list[Path]] = {}
+    for kind, subs in FOLDER_KINDS.items():
+        paths: list[Path] = []
+        for name in (kind, *subs):
+            if name in fp.folder_names_and_paths:
+                paths += [Path(p) for p in fp.get_folder_paths(name) if Path(p) not in paths]
+        out[kind] = paths
+    return out
+
+
 def output_dir() -> Path:
     """ComfyUI's output folder; outside ComfyUI ``$TRELLIS2_OUTPUT_DIR`` or ``./output``."""
     fp = comfy_module("folder_paths") if have_comfy() else None
@@ -192,32 +212,83 @@ def empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
-# ---------------------------------------------------------------------------------------------------- core MESH
+# ---------------------------------------------------------------------------------------------------- core types
 @dataclass(frozen=True)
 class PlainMesh:
-    """Stand-in for ComfyUI's ``MESH`` outside ComfyUI: ``vertices [B, V, 3]`` float, ``faces [B, F, 3]`` int."""
+    """Stand-in for ComfyUI's ``MESH`` outside ComfyUI (the same attribute names)."""
 
     vertices: torch.Tensor
     faces: torch.Tensor
+    uvs: torch.Tensor | None = None
+    normals: torch.Tensor | None = None
+    texture: torch.Tensor | None = None
+    metallic_roughness: torch.Tensor | None = None
+    vertex_counts: torch.Tensor | None = None
+    face_counts: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PlainVoxel:
+    """Stand-in for ComfyUI's ``VOXEL`` outside ComfyUI."""
+
+    data: torch.Tensor
+    voxel_colors: torch.Tensor | None = None
+    resolution: int | None = None
+
+
+@dataclass(frozen=True)
+class PlainFile3D:
+    """Stand-in for ComfyUI's ``File3D`` outside ComfyUI (disk-backed only)."""
+
+    path: str
+    format: str = "glb"
+
+    def get_source(self) -> str:
+        return self.path
+
+    @property
+    def is_disk_backed(self) -> bool:
+        return True
+
+    def get_bytes(self) -> bytes:
+        return Path(self.path).read_bytes()
+
+
+def _core_type(name: str) -> Callable[..., Any] | None:
+    latest = comfy_module("comfy_api.latest") if have_comfy() else None
+    types = getattr(latest, "Types", None) if latest is not None else None
+    return getattr(types, name, None) if types is not None else None
 
 
 def _core_mesh_class() -> Callable[..., Any] | None:
-    latest = comfy_module("comfy_api.latest")
-    types = getattr(latest, "Types", None) if latest is not None else None
-    if types is not None and hasattr(types, "MESH"):
-        return types.MESH
+    cls = _core_type("MESH")
+    if cls is not None:
+        return cls
     hunyuan = comfy_module("comfy_extras.nodes_hunyuan3d") if have_comfy() else None
-    if hunyuan is not None and hasattr(hunyuan, "MESH"):
-        return hunyuan.MESH
-    return None
+    return getattr(hunyuan, "MESH", None) if hunyuan is not None else None
 
 
-def core_mesh(vertices: torch.Tensor, faces: torch.Tensor) -> Any:
-    """A core ``MESH`` (``Types.MESH`` on new ComfyUI, the Hunyuan3D class on 0.3.6x) from batched tensors.
-
-    ``vertices [B, V, 3]`` float32 (glTF Y-up), ``faces [B, F, 3]`` int; core SaveGLB and mesh nodes read these.
-    """
+def core_mesh(fields: Any) -> Any:
+    """A core ``MESH`` from :class:`trellis2_core.postprocess.comfy_layout.CoreMeshTensors` (all its fields on
+    ComfyUI ≥ 0.3.7x, geometry only on older cores whose MESH takes vertices and faces alone)."""
     cls = _core_mesh_class()
+    kwargs = fields.kwargs()
     if cls is None:
-        return PlainMesh(vertices, faces)
-    return cls(vertices, faces)
+        return PlainMesh(**kwargs)
+    try:
+        return cls(**kwargs)
+    except TypeError:  # an old core MESH(vertices, faces): unequal items keep their zero padding
+        log.warning("this ComfyUI's MESH holds geometry only; UVs, normals and textures are left out")
+        return cls(kwargs["vertices"], kwargs["faces"])
+
+
+def core_voxel(fields: Any) -> Any:
+    """A core ``VOXEL`` from :class:`~trellis2_core.postprocess.comfy_layout.CoreVoxelTensors`."""
+    cls = _core_type("VOXEL") or PlainVoxel
+    return cls(fields.data, fields.voxel_colors, fields.resolution)
+
+
+def core_file_3d(path: str | os.PathLike) -> Any:
+    """A core ``File3D`` (socket types ``FILE_3D`` / ``FILE_3D_GLB``) for a GLB on disk."""
+    cls = _core_type("File3D")
+    return cls(str(path), "glb") if cls is not None else PlainFile3D(str(path))

@@ -4,27 +4,15 @@ from __future__ import annotations
 import torch
 
 from trellis2_core.errors import InputError
-from trellis2_core.mesh.types import z_up_to_y_up
-from trellis2_core.pipeline.stages import decode
 
-from . import comfy_bridge as bridge
 from .checks import require_asset
+from .core_io import decoded_core_mesh, voxel_output
 from .runtime import PipelineHandle, StageProgress, comfy_errors
-from .types import CATEGORY, CORE_MESH, MATERIAL, MESH_ASSET, PIPELINE, SHAPE, MaterialAsset, MeshAsset, ShapeAsset
+from .types import (
+    CATEGORY, CORE_MESH, CORE_VOXEL, MATERIAL, MESH_ASSET, PIPELINE, SHAPE, MaterialAsset, MeshAsset, ShapeAsset,
+)
 
-__all__ = ["Trellis2DecodeMesh", "to_core_mesh"]
-
-
-def to_core_mesh(items: tuple[MeshAsset, ...]) -> object:
-    """Core ``MESH`` (glTF Y-up) of a batch; unequal sizes are zero-padded (padding faces are degenerate)."""
-    nv = max(a.mesh.num_vertices for a in items)
-    nf = max(a.mesh.num_faces for a in items)
-    vertices = torch.zeros(len(items), nv, 3, dtype=torch.float32)
-    faces = torch.zeros(len(items), nf, 3, dtype=torch.int64)
-    for i, a in enumerate(items):
-        vertices[i, : a.mesh.num_vertices] = z_up_to_y_up(a.mesh.vertices.detach().float().cpu())
-        faces[i, : a.mesh.num_faces] = a.mesh.faces.detach().cpu().long()
-    return bridge.core_mesh(vertices, faces)
+__all__ = ["Trellis2DecodeMesh"]
 
 
 def _same_voxels(material: MaterialAsset, shape: ShapeAsset) -> bool:
@@ -38,14 +26,19 @@ class Trellis2DecodeMesh:
     """Decode the latents into a triangle mesh and a volume of PBR voxels (textures are baked at export)."""
 
     DESCRIPTION = ("Decodes the shape latent into a mesh (flexible dual grid) and, with a material latent, the "
-                   "PBR voxels the textures are baked from. Also outputs ComfyUI's MESH (geometry only).")
+                   "PBR voxels the textures are baked from. Also outputs ComfyUI's MESH and VOXEL for core's 3D "
+                   "nodes (e.g. Bake Texture From Voxel).")
     CATEGORY = CATEGORY
     FUNCTION = "decode"
-    RETURN_TYPES = (MESH_ASSET, CORE_MESH)
-    RETURN_NAMES = ("mesh", "core_mesh")
+    RETURN_TYPES = (MESH_ASSET, CORE_MESH, CORE_VOXEL)
+    RETURN_NAMES = ("mesh", "core_mesh", "voxel")
     OUTPUT_TOOLTIPS = (
         "Mesh + PBR voxels (Z-up, inside a unit cube): connect to the mesh nodes or Export GLB.",
-        "ComfyUI's MESH (Y-up, geometry only, before hole filling) for core 3D nodes such as Save GLB.",
+        "ComfyUI's MESH (Y-up) for core 3D nodes: holes filled (official decoding tail), no unused vertices, "
+        "vertex normals, per-item counts. Geometry only: textures come from Export GLB's core_mesh, or from core's "
+        "Bake Texture From Voxel with the voxel output after a UV unwrap.",
+        "ComfyUI's VOXEL (the PBR voxels: base colour, metallic, roughness, alpha) for core's Bake Texture From "
+        "Voxel or this pack's Export GLB; empty without a material latent.",
     )
 
     @classmethod
@@ -62,7 +55,7 @@ class Trellis2DecodeMesh:
         }
 
     def decode(self, pipeline: PipelineHandle, shape: ShapeAsset, material: MaterialAsset | None = None
-               ) -> tuple[tuple[MeshAsset, ...], object]:
+               ) -> tuple[tuple[MeshAsset, ...], object, object]:
         node = type(self)
         require_asset(pipeline, PipelineHandle, node, "pipeline", "Load TRELLIS.2 Model")
         require_asset(shape, ShapeAsset, node, "shape", "Sample Shape")
@@ -71,12 +64,10 @@ class Trellis2DecodeMesh:
         if material is not None and not _same_voxels(material, shape):
             raise InputError("the material latent was sampled from another shape latent; connect the Sample "
                              "Material node that uses this shape")
-        keys = ("shape_slat_decoder",) + (("tex_slat_decoder",) if material is not None else ())
+        keys = shape.pipeline_type.stage_keys("decode")[: 2 if material is not None else 1]
         progress = StageProgress(1)
         with comfy_errors(), pipeline.models_for(keys):
-            get = pipeline.pipeline.models
-            decoded = decode(get(keys[0]), get(keys[1]) if material is not None else None, shape.shape.slat,
-                             material.material.slat if material is not None else None, shape.shape.res)
+            decoded = pipeline.pipeline.run_decode(shape.shape, material.material if material is not None else None)
         progress.advance()
         if not decoded.meshes:
             raise InputError("decoding produced no mesh")
@@ -85,4 +76,4 @@ class Trellis2DecodeMesh:
         for i, item in enumerate(items):
             if item.mesh.num_faces == 0:
                 raise InputError(f"the decoded mesh {i} has no faces; try another seed or a higher resolution")
-        return items, to_core_mesh(items)
+        return items, decoded_core_mesh(items), voxel_output(items)

@@ -9,30 +9,25 @@ from trellis2_core.api import image_to_glb
 from trellis2_core.pipeline.stages import PipelineType
 from trellis2_core.postprocess import fill_holes
 from trellis2_core.errors import InputError
-from trellis2_core.params import check_faces, check_run_options
+from trellis2_core.params import PIPELINE_TYPES, check_faces, check_run_options
 from trellis2_core.pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS
 from trellis2_core.preprocess.background import (
     DEFAULT_MATTING_MODEL, load_matting_model, needs_matting, prepare_image,
 )
 
 from . import comfy_bridge as bridge
+from .core_io import textured_core_mesh
 from .export import UI_KEY, export_config, export_inputs
 from .checks import check_widgets, node_title, require_asset, widget_label
 from .images import batch_size, check_image, check_mask, mask_at, to_pil
 from .paths import DEFAULT_PREFIX, next_output_path
 from .runtime import PipelineHandle, StageProgress, comfy_errors
-from .sample import PIPELINE_TYPES, SEED_MAX
-from .types import CATEGORY, IMAGE, MASK, MESH_ASSET, PIPELINE, STRING, MeshAsset
+from .sample import SEED_MAX
+from .types import CATEGORY, CORE_FILE_3D_GLB, CORE_MESH, IMAGE, MASK, MESH_ASSET, PIPELINE, STRING, MeshAsset
 
 __all__ = ["Trellis2ImageTo3D"]
 
 _EXPORT_UNITS = 6  # export_glb steps
-
-
-def _stage_keys(ptype: PipelineType) -> tuple[str, ...]:
-    shape = (("shape_slat_flow_model_512", "shape_slat_flow_model_1024") if ptype.cascade else (ptype.shape_model,))
-    return ("sparse_structure_flow_model", "sparse_structure_decoder", *shape, ptype.tex_model,
-            "shape_slat_decoder", "tex_slat_decoder")
 
 
 class Trellis2ImageTo3D:
@@ -45,11 +40,13 @@ class Trellis2ImageTo3D:
     CATEGORY = CATEGORY
     FUNCTION = "generate"
     OUTPUT_NODE = True
-    RETURN_TYPES = (STRING, MESH_ASSET)
-    RETURN_NAMES = ("glb_path", "mesh")
+    RETURN_TYPES = (STRING, MESH_ASSET, CORE_MESH, CORE_FILE_3D_GLB)
+    RETURN_NAMES = ("glb_path", "mesh", "core_mesh", "model_3d")
     OUTPUT_TOOLTIPS = (
         "Path of the (first) GLB relative to ComfyUI's output folder.",
         "The decoded mesh + PBR voxels (holes filled), e.g. to export again with other settings.",
+        "ComfyUI's MESH of what the GLBs hold (Y-up, UVs, normals, base-colour and metallic-roughness textures).",
+        "The (first) GLB as ComfyUI's 3D file, e.g. for core's Preview 3D (Advanced) or Save 3D (Advanced).",
     )
 
     @classmethod
@@ -112,8 +109,8 @@ class Trellis2ImageTo3D:
                     raise InputError(f"{title}: image {i}: {err}") from err
         per_item = 3 + int(steps) * (4 if ptype.cascade else 3) + 1 + _EXPORT_UNITS
         progress = StageProgress(per_item * n)
-        entries, items = [], []
-        with comfy_errors(), pipeline.models_for(_stage_keys(ptype)):
+        entries, items, assets = [], [], []
+        with comfy_errors(), pipeline.models_for(ptype.model_keys):
             for i in range(n):
                 pil = to_pil(image, i)
                 item_mask = mask_at(mask, i)
@@ -129,9 +126,11 @@ class Trellis2ImageTo3D:
                                       fast=pipeline.fast)
                 entries.append({"filename": target.name, "subfolder": target.subfolder, "type": "output",
                                 "faces": result.export.faces, "vertices": result.export.vertices})
+                assets.append(result.export.asset)
                 decoded = result.pipeline.decoded
                 items.append(MeshAsset(mesh=fill_holes(decoded.meshes[0]), pbr=decoded.pbr[0],
                                        resolution=decoded.res))
         first = entries[0]
         path = f"{first['subfolder']}/{first['filename']}" if first["subfolder"] else first["filename"]
-        return {"ui": {UI_KEY: entries}, "result": (path, tuple(items))}
+        model_3d = bridge.core_file_3d(bridge.output_dir() / path)
+        return {"ui": {UI_KEY: entries}, "result": (path, tuple(items), textured_core_mesh(assets), model_3d)}

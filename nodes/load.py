@@ -6,9 +6,11 @@ from pathlib import Path
 
 import torch
 
+from trellis2_core.arguments import resolve_device
 from trellis2_core.config import ATTENTION_CHOICES, FastPathConfig
 from trellis2_core.errors import BackendError, InputError, WeightsError
 from trellis2_core.loading import PIPELINE_JSON, resolve_pipeline_dir
+from trellis2_core.loading.comfy_pipeline import is_comfy_source, list_comfy_sources
 from trellis2_core.pipeline.pipeline import Pipeline
 
 from . import comfy_bridge as bridge
@@ -29,7 +31,8 @@ DEMO_SOURCE = "demo"  # tiny RANDOM weights made on first use: tries a graph end
 
 
 def list_sources() -> list[str]:
-    """The official Hub id, every folder with a ``pipeline.json`` under ``models/trellis2``, then ``demo``."""
+    """The official Hub id, every folder with a ``pipeline.json`` under ``models/trellis2``, every set of ComfyUI
+    core's TRELLIS.2 files (``comfy:<bundle>``, from models/diffusion_models, vae, clip_vision), then ``demo``."""
     names = [DEFAULT_SOURCE]
     for folder in bridge.trellis2_dirs():
         if not folder.is_dir():
@@ -37,21 +40,16 @@ def list_sources() -> list[str]:
         for sub in sorted(folder.iterdir()):
             if (sub / PIPELINE_JSON).is_file() and sub.name not in names:
                 names.append(sub.name)
+    names += [n for n in list_comfy_sources(folders=bridge.comfy_model_folders()) if n not in names]
     if DEMO_SOURCE not in names:
         names.append(DEMO_SOURCE)
     return names
 
 
 def _device(choice: str) -> torch.device:
-    label = widget_label(Trellis2LoadModel, "device")
-    if choice == "auto":
-        return bridge.torch_device()
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise BackendError(f"{label} is 'cuda' but PyTorch {torch.__version__} sees no CUDA/ROCm GPU on this "
-                           "machine; choose 'auto' or 'cpu'")
-    if choice == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise BackendError(f"{label} is 'mps' but this PyTorch has no Apple MPS support; choose 'auto' or 'cpu'")
-    return torch.device(choice)
+    """'auto' = ComfyUI's device (honours --cpu / --cuda-device); every choice checked by the library's resolver."""
+    return resolve_device(bridge.torch_device() if choice == "auto" else choice,
+                          widget_label(Trellis2LoadModel, "device"))
 
 
 def _one_copy_of_hub_logs() -> None:
@@ -96,7 +94,10 @@ class Trellis2LoadModel:
             "required": {
                 "source": (list_sources(), {
                     "default": DEFAULT_SOURCE,
-                    "tooltip": "Pipeline folder under ComfyUI/models/trellis2/, or the Hugging Face id. For "
+                    "tooltip": "Pipeline folder under ComfyUI/models/trellis2/, ComfyUI core's own TRELLIS.2 files "
+                               "(comfy:<file>: the diffusion bundle in models/diffusion_models with the shape and "
+                               "texture VAEs in models/vae and DINOv3 in models/clip_vision; type '512' is not "
+                               "available with them), or the Hugging Face id. For "
                                "'microsoft/TRELLIS.2-4B' a folder models/trellis2/TRELLIS.2-4B is used when present "
                                "(offline); otherwise the files download into the Hugging Face cache. 'demo' = tiny RANDOM "
                                "weights in the official layout, made on first use without a download: it tests a "
@@ -152,14 +153,19 @@ class Trellis2LoadModel:
         src = (custom_source or "").strip() or source.strip()
         dev = _device(device)
         models = bridge.models_dir()
-        try:
-            root = _resolve(src, models)
-        except WeightsError as err:
-            raise WeightsError(f"{err} (ComfyUI model folders searched: "
-                               f"{', '.join(str(d) for d in bridge.trellis2_dirs())})") from err
         preset = resolve_preset(vram_preset, dev)
-        pipeline = Pipeline.from_pretrained(root, models_dir=models, device=dev, dtype_override=_dtype(precision, dev),
-                                            vram_preset=preset)
+        if is_comfy_source(src):  # ComfyUI core's own files: found in its diffusion_models, vae, clip_vision
+            pipeline = Pipeline.from_pretrained(src, models_dir=models, comfy_folders=bridge.comfy_model_folders(),
+                                                device=dev, dtype_override=_dtype(precision, dev), vram_preset=preset)
+            root = pipeline.comfy_files.files.bundle.path.parent
+        else:
+            try:
+                root = _resolve(src, models)
+            except WeightsError as err:
+                raise WeightsError(f"{err} (ComfyUI model folders searched: "
+                                   f"{', '.join(str(d) for d in bridge.trellis2_dirs())})") from err
+            pipeline = Pipeline.from_pretrained(root, models_dir=models, device=dev,
+                                                dtype_override=_dtype(precision, dev), vram_preset=preset)
         handle = PipelineHandle(pipeline=pipeline, source=src, root=root, device=dev, vram_preset=preset, fast=fast)
         return (handle,)
 

@@ -9,14 +9,17 @@ import dataclasses
 import math
 
 from trellis2_core.errors import InputError
-from trellis2_core.postprocess import clean_mesh, decimate_mesh, fill_holes, remove_unreferenced_vertices, unwrap_uv
+from trellis2_core.postprocess import fill_holes, simplify_mesh, unwrap_uv
 
+from .core_io import mesh_assets
 from .runtime import StageProgress, comfy_errors
-from .types import MESH_ASSET, MESH_CATEGORY, MeshAsset
+from .types import MESH_ASSET, MESH_CATEGORY, MESH_IN, MeshAsset
 
 __all__ = ["Trellis2FillHoles", "Trellis2DecimateMesh", "Trellis2UnwrapUV"]
 
-_MESH_IN = (MESH_ASSET, {"tooltip": "Mesh + PBR voxels from Decode Mesh (or another mesh node)."})
+_MESH_IN = (MESH_IN, {"tooltip": "Mesh + PBR voxels from Decode Mesh (or another mesh node), or ComfyUI's MESH "
+                                 "(e.g. from core's Load 3D, mesh or TRELLIS.2 nodes: geometry only; Export GLB then "
+                                 "needs a voxel input to bake)."})
 
 
 def _check_unwrapped(items: tuple[MeshAsset, ...], what: str) -> None:
@@ -45,6 +48,7 @@ class Trellis2FillHoles:
         }}
 
     def fill(self, mesh: tuple[MeshAsset, ...], max_perimeter: float) -> tuple[tuple[MeshAsset, ...]]:
+        mesh = mesh_assets(mesh, type(self))
         _check_unwrapped(mesh, "Fill Holes")
         progress = StageProgress(len(mesh))
         out = []
@@ -79,19 +83,16 @@ class Trellis2DecimateMesh:
 
     def decimate(self, mesh: tuple[MeshAsset, ...], target_faces: int, min_component_area: float
                  ) -> tuple[tuple[MeshAsset, ...]]:
+        mesh = mesh_assets(mesh, type(self))
         _check_unwrapped(mesh, "Decimate Mesh")
         progress = StageProgress(len(mesh))
         out = []
         with comfy_errors():
             for item in mesh:
-                work = clean_mesh(item.mesh, float(min_component_area), orient=False)
-                if work.num_faces > 0:
-                    work = clean_mesh(decimate_mesh(work, int(target_faces)))
-                    work, _ = remove_unreferenced_vertices(work)
-                if work.num_faces == 0:
-                    raise InputError("no faces are left after clean-up (every face was degenerate, duplicate or in "
-                                     "a piece smaller than min_component_area); lower min_component_area")
-                out.append(dataclasses.replace(item, mesh=work))
+                work, moved = simplify_mesh(item.mesh, int(target_faces), float(min_component_area))
+                # export projects the texels back onto the surface before the first simplification (§9.5)
+                surface = item.surface if item.surface is not None else (item.mesh if moved else None)
+                out.append(dataclasses.replace(item, mesh=work, surface=surface))
                 progress.advance()
         return (tuple(out),)
 
@@ -123,6 +124,7 @@ class Trellis2UnwrapUV:
 
     def unwrap(self, mesh: tuple[MeshAsset, ...], texture_size: int, padding: int, max_cone_angle: float
                ) -> tuple[tuple[MeshAsset, ...]]:
+        mesh = mesh_assets(mesh, type(self))
         _check_unwrapped(mesh, "UV Unwrap")
         progress = StageProgress(len(mesh))
         out = []
@@ -130,6 +132,6 @@ class Trellis2UnwrapUV:
             for item in mesh:
                 atlas = unwrap_uv(item.mesh, int(texture_size), padding=int(padding),
                                   max_cone_angle=math.radians(float(max_cone_angle)))
-                out.append(dataclasses.replace(item, atlas=atlas, atlas_texture_size=int(texture_size)))
+                out.append(dataclasses.replace(item, atlas=atlas))
                 progress.advance()
         return (tuple(out),)

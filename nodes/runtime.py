@@ -24,9 +24,10 @@ import torch
 
 from trellis2_core.cancel import cancel_scope
 from trellis2_core.config import FastPathConfig
-from trellis2_core.errors import CancelledError, InputError, OutOfMemoryError, WeightsError
+from trellis2_core.errors import CancelledError, OutOfMemoryError, WeightsError, is_out_of_memory
 from trellis2_core.loading import resolve_model_files
 from trellis2_core.loading.residency import VRAM_PRESETS
+from trellis2_core.loading.residency import resolve_preset as library_resolve_preset
 from trellis2_core.pipeline.pipeline import Pipeline
 from trellis2_core.pipeline.stages import StageHooks
 
@@ -34,20 +35,12 @@ from . import comfy_bridge as bridge
 
 __all__ = ["VRAM_PRESETS", "PipelineHandle", "resolve_preset", "StageProgress", "comfy_errors", "OOM_HINT"]
 
-_GIB = 1 << 30
-
 
 def resolve_preset(preset: str, device: torch.device) -> str:
-    """``auto`` → ``high`` on CPU/MPS or GPUs with ≥ 32 GiB, ``medium`` from 16 GiB, else ``low`` (by total memory:
-    ComfyUI frees its own models for ours when asked)."""
-    if preset not in VRAM_PRESETS:
-        raise InputError(f"vram_preset must be one of {', '.join(VRAM_PRESETS)}, got {preset!r}")
-    if preset != "auto":
-        return preset
-    if device.type != "cuda":
-        return "high"
-    total = bridge.total_memory(device)
-    return "high" if total >= 32 * _GIB else "medium" if total >= 16 * _GIB else "low"
+    """The library's one VRAM policy (:func:`trellis2_core.loading.residency.resolve_preset`), fed with what
+    ComfyUI can make free on ``device``: its total memory, as ComfyUI unloads its own models for ours when asked."""
+    free = bridge.total_memory(device) if device.type == "cuda" else None
+    return library_resolve_preset(preset, device, free_bytes=free)
 
 
 @dataclass(frozen=True)
@@ -80,7 +73,11 @@ class PipelineHandle:
 
     def _estimate_bytes(self, keys: Iterable[str]) -> int:
         total = 0
+        files = getattr(self.pipeline, "comfy_files", None)
         for key in keys:
+            if files is not None:  # ComfyUI core's files: sizes from their headers
+                total += files.model_nbytes(key)
+                continue
             try:
                 _, st = resolve_model_files(self.config.root, self.config.model_ref(key), offline=True)
                 total += st.stat().st_size
@@ -165,11 +162,6 @@ OOM_HINT = ("set Load TRELLIS.2 Model's vram_preset to 'low', choose a smaller r
             "'512'), or lower max_num_tokens / texture_size")
 
 
-def _is_oom(err: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    return (oom is not None and isinstance(err, oom)) or "out of memory" in str(err).lower()
-
-
 @contextlib.contextmanager
 def comfy_errors(oom_hint: str = OOM_HINT) -> Iterator[None]:
     """Library cancellation → ComfyUI's interrupt (the UI shows "interrupted", not an error); running out of device
@@ -184,7 +176,7 @@ def comfy_errors(oom_hint: str = OOM_HINT) -> Iterator[None]:
     except CancelledError as err:
         bridge.raise_interrupted(err)
     except (RuntimeError, MemoryError) as err:
-        if not _is_oom(err):
+        if not is_out_of_memory(err):
             raise
         bridge.empty_cache()
         raise OutOfMemoryError(f"out of memory: {oom_hint}") from err

@@ -11,12 +11,10 @@ from typing import Any
 import torch
 
 from trellis2_core.errors import InputError
-from trellis2_core.models.structure_decoder import occupancy_to_coords
-from trellis2_core.params import check_sampler_overrides
+from trellis2_core.loading import official
+from trellis2_core.params import PIPELINE_TYPES, check_sampler_overrides
 from trellis2_core.pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS
-from trellis2_core.pipeline.stages import (
-    PipelineType, sample_material, sample_shape, sample_shape_cascade, sample_structure,
-)
+from trellis2_core.pipeline.stages import PipelineType
 
 from .checks import check_widgets, node_title, require_asset, widget_label
 from .runtime import PipelineHandle, StageProgress, comfy_errors
@@ -29,15 +27,11 @@ __all__ = ["Trellis2SampleStructure", "Trellis2SampleShape", "Trellis2SampleMate
            "STAGE_DEFAULTS", "PIPELINE_TYPES", "SEED_MAX"]
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
-PIPELINE_TYPES = ("512", "1024", "1024_cascade", "1536_cascade")
-#: §1.4: official pipeline.json sampler settings per stage
+#: §1.4: the official pipeline.json sampler settings per stage (``loading.official``), the widgets' defaults
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sparse_structure": {"steps": 12, "guidance_strength": 7.5, "guidance_rescale": 0.7,
-                         "guidance_interval": (0.6, 1.0), "rescale_t": 5.0},
-    "shape_slat": {"steps": 12, "guidance_strength": 7.5, "guidance_rescale": 0.5,
-                   "guidance_interval": (0.6, 1.0), "rescale_t": 3.0},
-    "tex_slat": {"steps": 12, "guidance_strength": 1.0, "guidance_rescale": 0.0,
-                 "guidance_interval": (0.6, 0.9), "rescale_t": 3.0},
+    stage: {**official.SAMPLERS[f"{stage}_sampler"]["params"],
+            "guidance_interval": tuple(official.SAMPLERS[f"{stage}_sampler"]["params"]["guidance_interval"])}
+    for stage in ("sparse_structure", "shape_slat", "tex_slat")
 }
 
 
@@ -141,16 +135,13 @@ class Trellis2SampleStructure:
         _inputs(node, pipeline, conditioning)
         check_widgets(node, {"seed": seed})
         values = _overrides(node, "sparse_structure", params)
-        sampler = pipeline.pipeline.sampler_params("sparse_structure", values)
-        ss_res = PipelineType.parse(pipeline.config.default_pipeline_type).ss_res
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(seed))
         progress = StageProgress(values["steps"] + 1)
-        keys = ("sparse_structure_flow_model", "sparse_structure_decoder")
-        with comfy_errors(), pipeline.models_for(keys):
-            get = pipeline.pipeline.models
-            structure = sample_structure(get(keys[0]), get(keys[1]), conditioning.cond.at(512), sampler, ss_res,
-                                         gen, progress.hooks(), fast=pipeline.fast)
+        run = pipeline.pipeline
+        with comfy_errors(), pipeline.models_for(run.stage_keys("structure")):
+            structure = run.run_structure(conditioning.cond, gen, sampler=values, hooks=progress.hooks(),
+                                          fast=pipeline.fast)
         progress.advance()
         return (StructureAsset(structure=structure, seed=int(seed), rng_state=gen.get_state()),)
 
@@ -191,27 +182,15 @@ class Trellis2SampleShape:
         check_widgets(node, {"resolution": resolution, "max_num_tokens": max_num_tokens, "stage_seed": stage_seed})
         ptype = PipelineType.parse(resolution, widget_label(node, "resolution"))
         _need_1024(conditioning, ptype)
+        if pipeline.pipeline.comfy_files is not None:  # core's files lack the 512 texture flow: say so now
+            pipeline.pipeline.comfy_files.check_pipeline_type(ptype)
         values = _overrides(node, "shape_slat", params)
-        sampler = pipeline.pipeline.sampler_params("shape_slat", values)
-        norm = pipeline.config.normalization("shape_slat")
-        ss = structure.structure
-        coords = ss.coords if ss.resolution == ptype.ss_res else occupancy_to_coords(ss.logits, ptype.ss_res)
         gen = generator_from(int(stage_seed), structure.rng_state)
-        cond = conditioning.cond
         progress = StageProgress(values["steps"] * (2 if ptype.cascade else 1))
-        with comfy_errors():
-            if ptype.cascade:
-                keys = ("shape_slat_flow_model_512", "shape_slat_flow_model_1024", "shape_slat_decoder")
-                with pipeline.models_for(keys):
-                    get = pipeline.pipeline.models
-                    shape = sample_shape_cascade(get(keys[0]), get(keys[1]), get(keys[2]), cond.at(512),
-                                                 cond.at(1024), coords, sampler, norm, ptype.resolution, gen,
-                                                 int(max_num_tokens), progress.hooks(), fast=pipeline.fast)
-            else:
-                with pipeline.models_for((ptype.shape_model,)):
-                    shape = sample_shape(pipeline.pipeline.models(ptype.shape_model), cond.at(ptype.cond_resolution),
-                                         coords, sampler, norm, ptype.resolution, gen, progress.hooks(),
-                                         fast=pipeline.fast)
+        run = pipeline.pipeline
+        with comfy_errors(), pipeline.models_for(ptype.stage_keys("shape")):
+            shape = run.run_shape(conditioning.cond, structure.structure, gen, pipeline_type=ptype, sampler=values,
+                                  max_num_tokens=int(max_num_tokens), hooks=progress.hooks(), fast=pipeline.fast)
         return (ShapeAsset(shape=shape, pipeline_type=ptype, rng_state=gen.get_state()),)
 
 
@@ -243,13 +222,11 @@ class Trellis2SampleMaterial:
         ptype = shape.pipeline_type
         _need_1024(conditioning, ptype)
         values = _overrides(node, "tex_slat", params)
-        sampler = pipeline.pipeline.sampler_params("tex_slat", values)
         gen = generator_from(int(stage_seed), shape.rng_state)
         progress = StageProgress(values["steps"])
-        with comfy_errors(), pipeline.models_for((ptype.tex_model,)):
-            material = sample_material(
-                pipeline.pipeline.models(ptype.tex_model), conditioning.cond.at(ptype.cond_resolution),
-                shape.shape.slat, sampler, pipeline.config.normalization("shape_slat"),
-                pipeline.config.normalization("tex_slat"), gen, progress.hooks(), fast=pipeline.fast)
+        run = pipeline.pipeline
+        with comfy_errors(), pipeline.models_for(ptype.stage_keys("material")):
+            material = run.run_material(conditioning.cond, shape.shape, gen, pipeline_type=ptype, sampler=values,
+                                        hooks=progress.hooks(), fast=pipeline.fast)
         return (MaterialAsset(material=material, shape=shape),)
 

@@ -17,7 +17,8 @@ from trellis2_core.mesh.types import Mesh, PbrVoxels
 from trellis2_core.pipeline.stages import Conditioning, MaterialLatent, PipelineType, ShapeLatent, Structure
 
 __all__ = [
-    "PIPELINE", "COND", "STRUCTURE", "SHAPE", "MATERIAL", "MESH_ASSET", "CORE_MESH", "IMAGE", "MASK", "STRING",
+    "PIPELINE", "COND", "STRUCTURE", "SHAPE", "MATERIAL", "MESH_ASSET", "CORE_MESH", "CORE_VOXEL", "CORE_FILE_3D_GLB",
+    "CORE_FILE_3D_ANY", "MESH_IN", "IMAGE", "MASK", "STRING",
     "CATEGORY", "MESH_CATEGORY", "CondAsset", "StructureAsset", "ShapeAsset", "MaterialAsset", "MeshAsset",
     "generator_from",
 ]
@@ -30,6 +31,10 @@ SHAPE = "TRELLIS2_SHAPE"
 MATERIAL = "TRELLIS2_MATERIAL"
 MESH_ASSET = "TRELLIS2_MESH"
 CORE_MESH = "MESH"  # ComfyUI's own mesh type (core SaveGLB, mesh nodes)
+CORE_VOXEL = "VOXEL"  # ComfyUI's voxel type (core TRELLIS.2 texture decode, Bake Texture From Voxel)
+CORE_FILE_3D_GLB = "FILE_3D_GLB"  # ComfyUI's GLB file object (Preview 3D (Advanced), Save 3D (Advanced))
+CORE_FILE_3D_ANY = "FILE_3D,FILE_3D_GLB"  # inputs taking any of core's 3D file objects
+MESH_IN = f"{MESH_ASSET},{CORE_MESH}"  # mesh inputs: ours or core's
 IMAGE = "IMAGE"
 MASK = "MASK"
 STRING = "STRING"
@@ -90,10 +95,15 @@ class MeshAsset:
     """
 
     mesh: Mesh
-    pbr: PbrVoxels | None  # None when decoded without a material latent
+    pbr: PbrVoxels | None  # None when decoded without a material latent (or from a core MESH)
     resolution: int
-    atlas: Any = None  # trellis2_core.postprocess.UvAtlas once unwrapped
-    atlas_texture_size: int = 0  # texture size the atlas was packed for (padding in its texels)
+    atlas: Any = None  # trellis2_core.postprocess.UvAtlas once unwrapped (knows the texture size it was packed for)
+    surface: Mesh | None = None  # the surface before simplification: export projects texels onto it (§9.5)
+
+    @property
+    def atlas_texture_size(self) -> int:
+        """Texture size the atlas was packed for (0 before UV Unwrap)."""
+        return int(self.atlas.texture_size) if self.atlas is not None else 0
 
     @property
     def summary(self) -> str:

@@ -25,6 +25,54 @@ def _files(folder: str) -> list[Path]:
     return sorted((ROOT / folder).rglob("*.py"))
 
 
+def _resolved(path: Path, package_root: Path, package_name: str) -> list[str]:
+    """Every module ``path`` imports, relative imports resolved against its package (``from . import x`` counts
+    as ``<package>.x``). ``package_root`` is the folder of the top package, named ``package_name``."""
+    parts = [package_name, *path.relative_to(package_root).with_suffix("").parts]
+    package = parts[:-1]  # a module's package; for __init__.py the package itself
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module or ""
+            else:
+                up = package[: len(package) - (node.level - 1)]
+                assert up, f"{path.relative_to(ROOT)}: relative import beyond the top package"
+                base = ".".join(up + ([node.module] if node.module else []))
+            out.append(base)
+            out += [f"{base}.{alias.name}" for alias in node.names if node.module is None]
+    return out
+
+
+NODE_FORBIDDEN = ("trellis2_core.models", "trellis2_core.sparse", "trellis2_core._kernels", "trellis2_kernels",
+                  "kernels")
+
+
+@pytest.mark.parametrize("path", _files("nodes"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_nodes_never_import_models_sparse_or_kernels(path):
+    """Nodes call the library's stage functions; model, sparse-tensor and kernel code stays behind them."""
+    for name in _resolved(path, ROOT / "nodes", "nodes"):
+        assert not any(name == bad or name.startswith(bad + ".") for bad in NODE_FORBIDDEN), (
+            f"{path.relative_to(ROOT)} imports {name!r}: nodes may use trellis2_core's pipeline, loading, mesh, "
+            "postprocess and preprocess APIs, never models/sparse/kernels")
+
+
+@pytest.mark.parametrize("path", _files("trellis2_core"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_core_relative_imports_stay_in_the_library(path):
+    for name in _resolved(path, ROOT / "trellis2_core", "trellis2_core"):
+        top = name.split(".")[0]
+        assert top not in COMFY_MODULES | {"kernels"}, f"{path.relative_to(ROOT)} imports {name!r}"
+
+
+@pytest.mark.parametrize("path", _files("kernels/trellis2_kernels"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_kernel_relative_imports_stay_in_the_kernels(path):
+    for name in _resolved(path, ROOT / "kernels" / "trellis2_kernels", "trellis2_kernels"):
+        assert not name.startswith(("trellis2_core", "nodes")), f"{path.relative_to(ROOT)} imports {name!r}"
+
+
 @pytest.mark.parametrize("path", _files("kernels"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_kernels_import_only_torch_triton_and_themselves(path):
     for name, level in _imports(path):
@@ -74,3 +122,13 @@ def test_library_and_node_table_import_without_comfyui():
         sys.modules.pop(spec.name, None)
     assert isinstance(pack.NODE_CLASS_MAPPINGS, dict)
     assert pack.WEB_DIRECTORY == "web"
+
+
+def test_relative_imports_are_resolved(tmp_path):
+    """The checks above see through relative imports (``from ..models import x`` is trellis2_core.models)."""
+    pkg = tmp_path / "trellis2_core" / "pipeline"
+    pkg.mkdir(parents=True)
+    f = pkg / "x.py"
+    f.write_text("from ..models import dit\nfrom . import stages\nimport torch\n")
+    assert sorted(_resolved(f, tmp_path / "trellis2_core", "trellis2_core")) == [
+        "torch", "trellis2_core.models", "trellis2_core.pipeline", "trellis2_core.pipeline.stages"]

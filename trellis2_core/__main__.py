@@ -17,12 +17,12 @@ import traceback
 from typing import Any, Sequence
 
 from .config import ATTENTION_CHOICES  # torch-free, like everything the parser needs
+from .params import ALPHA_MODES, PIPELINE_TYPES, TEXTURE_FORMATS
 
 __all__ = ["main", "build_parser", "add_run_options", "CLI_NAMES", "CLI_STAGE_NAMES", "SUBCOMMANDS"]
 
 log = logging.getLogger("trellis2_core")
 
-_PIPELINE_TYPES = ("512", "1024", "1024_cascade", "1536_cascade")
 #: library argument -> the flag that sets it (error messages name the flag)
 CLI_NAMES = {
     "image": "IMAGE", "output_path": "-o/--output", "pipeline": "--pipeline", "models_dir": "--models-dir",
@@ -74,7 +74,7 @@ def add_run_options(p: argparse.ArgumentParser, mask: bool = True) -> None:
     g.add_argument("--models-dir", default=None, help="folder searched for pipelines (<dir>/trellis2/<name>), "
                                                       "DINOv3 and matting models (<dir>/rembg/<name>)")
     g.add_argument("--type", dest="pipeline_type", default=None, metavar="TYPE",
-                   help=f"pipeline type: {', '.join(_PIPELINE_TYPES)} (or N_cascade, N = 1024 + k*128 up to 2048; "
+                   help=f"pipeline type: {', '.join(PIPELINE_TYPES)} (or N_cascade, N = 1024 + k*128 up to 2048; "
                         "default: pipeline.json's, officially 1024_cascade)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
@@ -118,9 +118,9 @@ def add_run_options(p: argparse.ArgumentParser, mask: bool = True) -> None:
                                                               "16777216 (default: %(default)s)")
     e.add_argument("--texture-size", type=int, default=2048,
                    help="texture side in pixels, 256..8192 (default: %(default)s)")
-    e.add_argument("--texture-format", choices=("png", "webp"), default="png",
+    e.add_argument("--texture-format", choices=TEXTURE_FORMATS, default="png",
                    help="png (opens everywhere) or webp (smaller, needs EXT_texture_webp; official)")
-    e.add_argument("--alpha-mode", choices=("OPAQUE", "MASK", "BLEND"), default="OPAQUE",
+    e.add_argument("--alpha-mode", choices=ALPHA_MODES, default="OPAQUE",
                    help="glTF alpha mode of the material (default: %(default)s, as official)")
     e.add_argument("--remesh", action="store_true",
                    help="narrow-band dual-contouring remesh before decimation, as the official demo (closed, "

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .arguments import check_arguments, load_image, load_mask, resolve_device, sampler_overrides
 from .cancel import cancel_on_forward, cancel_scope
 from .config import FastPathConfig
-from .errors import InputError, OutOfMemoryError
+from .errors import InputError, OutOfMemoryError, is_out_of_memory
 from .mesh.types import Mesh, PbrVoxels
 from .optional import check_installed
 from .pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS, DEFAULT_SEED, Pipeline, PipelineResult, SamplerOverrides
@@ -122,15 +122,6 @@ def _check_outputs(result: PipelineResult) -> tuple[Mesh, PbrVoxels]:
 
 
 # ---------------------------------------------------------------------------------------------- OOM
-def _is_oom(err: BaseException) -> bool:
-    if isinstance(err, MemoryError):
-        return True
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(err, oom):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-
-
 def _oom_hint(stage: str, ptype: str, max_tokens: int, cfg: ExportConfig) -> str:
     if stage.startswith("export") or stage == "fill_holes":
         return (f"lower the texture size (texture_size / --texture-size, now {cfg.texture_size}) or the face count "
@@ -303,7 +294,7 @@ def image_to_glb(
             report = export_glb(mesh, pbr, args.target, cfg, track)
         timings["export"] = time.perf_counter() - clock
     except (RuntimeError, MemoryError) as err:
-        if not _is_oom(err):
+        if not is_out_of_memory(err):
             raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -29,7 +29,8 @@ from .errors import InputError
 
 __all__ = [
     "MAX_SEED", "MAX_STEPS", "MAX_GUIDANCE", "MAX_RESCALE_T", "MAX_NUM_TOKENS", "MAX_FACES", "MIN_CASCADE_RESOLUTION",
-    "MAX_CASCADE_RESOLUTION", "CASCADE_STEP", "PIPELINE_TYPES", "SAMPLER_STAGES", "SAMPLER_KEYS", "DTYPE_NAMES",
+    "MAX_CASCADE_RESOLUTION", "CASCADE_STEP", "PIPELINE_TYPES", "ALPHA_MODES", "TEXTURE_FORMATS", "SAMPLER_STAGES",
+    "SAMPLER_KEYS", "DTYPE_NAMES",
     "check_int", "check_float", "check_bool", "check_choice", "check_seed", "check_steps", "check_guidance",
     "check_max_num_tokens", "check_faces", "parse_pipeline_type", "check_pipeline_type", "check_sampler_values",
     "check_sampler_overrides", "check_dtype_name", "check_folder", "check_device_name", "check_run_options",
@@ -46,6 +47,8 @@ MAX_CASCADE_RESOLUTION = 2048
 CASCADE_STEP = 128
 #: the pipeline types offered in menus (others: N_cascade, N = 1024 + k·128 ≤ 2048)
 PIPELINE_TYPES = ("512", "1024", "1024_cascade", "1536_cascade")
+ALPHA_MODES = ("OPAQUE", "MASK", "BLEND")  # glTF alphaMode values (§9.6; official OPAQUE)
+TEXTURE_FORMATS = ("png", "webp")  # GLB texture encodings
 SAMPLER_STAGES = ("sparse_structure", "shape_slat", "tex_slat")
 SAMPLER_KEYS = ("steps", "guidance_strength", "guidance_rescale", "guidance_interval", "rescale_t", "sigma_min")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")

@@ -125,10 +125,12 @@ def test_workflow_runs_through_prompt_to_a_glb(comfy, page, path):
     rel = Path(files[0]["subfolder"]) / files[0]["filename"]
     new = glbs(comfy) - before
     expected = {comfy.base / "output" / rel}
-    if path.stem == "trellis2_staged":  # core SaveGLB on our core MESH output writes its own (untextured) GLB
-        core = [p for p in new if p.name.startswith("core_")]
-        assert len(core) == 1 and core[0].read_bytes()[:4] == b"glTF"
-        expected |= set(core)
+    for node in ui["nodes"]:  # core SaveGLB on our core MESH outputs writes its own GLB
+        if node["type"] == "SaveGLB":
+            stem = str(node["widgets_values"][0]).rsplit("/", 1)[-1] + "_"
+            core = [p for p in new if p.name.startswith(stem)]
+            assert len(core) == 1 and core[0].read_bytes()[:4] == b"glTF", (stem, new)
+            expected |= set(core)
     assert new == expected
     check_glb(comfy.base / "output" / rel)
     if path.stem == "trellis2_texture_mesh":

@@ -272,7 +272,9 @@ def test_config_stands_in_for_pipeline_json(core):
     assert cfg.models["tex_slat_decoder"].endswith("trellis_2_texture_vae_bf16.safetensors::txt_dec.")
     assert core.entries["sparse_structure_decoder"].prefix == "struct_dec."
     assert core.entries["tex_slat_flow_model_1024"].class_name == "ElasticSLatFlowModel"
-    full = comfy_pipeline(core.files)  # default: the official full-size arguments
+    inferred = comfy_pipeline(core.files)  # default: the size whose width the bundle has (here tiny)
+    assert inferred.entries["shape_slat_flow_model_1024"].args == official.TINY["shape_slat_flow_model_1024"][1]
+    full = comfy_pipeline(core.files, specs=official.FULL, dino_config=official.DINOV3_FULL)
     assert full.entries["shape_slat_flow_model_1024"].args == official.FULL["shape_slat_flow_model_1024"][1]
 
 

@@ -133,6 +133,23 @@ def test_memory_calls_follow_the_preset(fake_comfy):
     assert fake_comfy.log["empty"] == 1  # only 'low' handed the allocator cache back after its stage
 
 
-def test_core_mesh_uses_comfyui_class(fake_comfy):
-    m = bridge.core_mesh(torch.zeros(1, 3, 3), torch.zeros(1, 1, 3, dtype=torch.int64))
-    assert isinstance(m, fake_comfy.MESH)
+def test_core_mesh_uses_comfyui_class(fake_comfy, monkeypatch):
+    from trellis2_core.mesh.types import Mesh
+    from trellis2_core.postprocess.comfy_layout import core_mesh_tensors
+
+    fields = core_mesh_tensors([Mesh(torch.eye(3), torch.tensor([[0, 1, 2]], dtype=torch.int32))])
+    m = bridge.core_mesh(fields)  # an old core's MESH(vertices, faces): geometry only
+    assert isinstance(m, fake_comfy.MESH) and m.vertices.shape == (1, 3, 3)
+
+    latest = types.ModuleType("comfy_api.latest")
+
+    class FullMesh:  # today's core MESH: every field by keyword
+        def __init__(self, vertices, faces, uvs=None, vertex_colors=None, texture=None, metallic_roughness=None,
+                     vertex_counts=None, face_counts=None, normals=None):
+            self.vertices, self.faces, self.normals, self.vertex_counts = vertices, faces, normals, vertex_counts
+
+    latest.Types = types.SimpleNamespace(MESH=FullMesh)
+    monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
+    monkeypatch.setitem(sys.modules, "comfy_api.latest", latest)
+    m = bridge.core_mesh(fields)
+    assert isinstance(m, FullMesh) and m.vertex_counts.tolist() == [3] and m.normals.shape == (1, 3, 3)

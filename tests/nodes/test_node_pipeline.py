@@ -37,8 +37,8 @@ def staged(handle, cond):
     (structure,) = M["Trellis2SampleStructure"]().sample(handle, cond, 7, **_sampler("ss"))
     (shape,) = M["Trellis2SampleShape"]().sample(handle, cond, structure, "512", 49152, 0, **_sampler("shape"))
     (material,) = M["Trellis2SampleMaterial"]().sample(handle, cond, shape, 0, **_sampler("tex"))
-    items, core = M["Trellis2DecodeMesh"]().decode(handle, shape, material)
-    return structure, shape, material, items, core
+    items, core, voxel = M["Trellis2DecodeMesh"]().decode(handle, shape, material)
+    return structure, shape, material, items, (core, voxel)
 
 
 def _snapshot(*objs):
@@ -67,15 +67,24 @@ def _snapshot(*objs):
 
 
 def test_staged_nodes_reproduce_the_official_single_seed_run(handle, cond, staged):
-    _, _, _, items, core = staged
+    _, _, _, items, (core, voxel) = staged
     so = SamplerOverrides({"steps": STEPS}, {"steps": STEPS}, {"steps": STEPS})
     ref = handle.pipeline.run_from_conditioning(cond.cond, seed=7, pipeline_type="512", samplers=so,
                                                 fast=handle.fast)  # the nodes run the pipeline's speed setting
     assert torch.equal(ref.decoded.meshes[0].faces, items[0].mesh.faces)
     assert torch.equal(ref.decoded.meshes[0].vertices, items[0].mesh.vertices)
     assert torch.equal(ref.decoded.pbr[0].attrs, items[0].pbr.attrs)
-    assert core.vertices.shape == (1, items[0].mesh.num_vertices, 3)
-    assert core.faces.shape == (1, items[0].mesh.num_faces, 3)
+    # core MESH: holes filled, no unreferenced vertices (the mesher keeps one vertex per voxel), normals, counts
+    from trellis2_core.postprocess import fill_holes, remove_unreferenced_vertices
+
+    filled, _ = remove_unreferenced_vertices(fill_holes(items[0].mesh))
+    assert core.vertex_counts.tolist() == [filled.num_vertices] and core.face_counts.tolist() == [filled.num_faces]
+    assert core.vertices.shape == (1, filled.num_vertices, 3) and core.normals.shape == (1, filled.num_vertices, 3)
+    assert filled.num_vertices < items[0].mesh.num_vertices
+    used = torch.zeros(filled.num_vertices, dtype=torch.bool)
+    used[core.faces[0].reshape(-1)] = True
+    assert bool(used.all())
+    assert voxel.voxel_colors.shape == items[0].pbr.attrs.shape and voxel.resolution == items[0].pbr.resolution
 
 
 def test_stage_seed_reseeds_only_that_stage(handle, cond, staged):
@@ -89,7 +98,7 @@ def test_downstream_nodes_never_mutate_their_inputs(handle, cond, staged):
     structure, shape, material, items, _ = staged
     before = _snapshot(cond, structure, shape, material, items)
     (again,) = M["Trellis2SampleMaterial"]().sample(handle, cond, shape, 0, **_sampler("tex"))
-    items2, _ = M["Trellis2DecodeMesh"]().decode(handle, shape, again)
+    items2, _, _ = M["Trellis2DecodeMesh"]().decode(handle, shape, again)
     (filled,) = M["Trellis2FillHoles"]().fill(items2, 0.03)
     (small,) = M["Trellis2DecimateMesh"]().decimate(filled, 500, 1e-5)
     after = _snapshot(cond, structure, shape, material, items)
@@ -138,7 +147,10 @@ def test_export_stays_in_output_and_cancel_leaves_no_file(staged, output_dir, mo
     out = M["Trellis2ExportGLB"]().export(items, "../../evil/mesh", 256, 2000, "OPAQUE", True, "png")
     entry = out["ui"]["trellis2_glb"][0]
     path = output_dir / entry["subfolder"] / entry["filename"]
-    assert out["result"] == ("evil/mesh_00001_.glb",) and path.is_file()
+    assert out["result"][0] == "evil/mesh_00001_.glb" and path.is_file()
+    core, model_3d = out["result"][1:]
+    assert core.texture.shape == (1, 256, 256, 3) and core.uvs.shape[1] == core.vertices.shape[1]
+    assert model_3d.get_source() == str(path)
     gltf = _glb_json(path)
     assert gltf["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"] is not None
     assert entry["faces"] > 0 and entry["vertices"] > 0
@@ -160,7 +172,7 @@ def test_geometry_nodes_refuse_an_unwrapped_mesh(staged):
     import dataclasses
 
     _, _, _, items, _ = staged
-    unwrapped = (dataclasses.replace(items[0], atlas=object(), atlas_texture_size=256),)
+    unwrapped = (dataclasses.replace(items[0], atlas=object()),)
     with pytest.raises(ValueError, match="before UV Unwrap"):
         M["Trellis2DecimateMesh"]().decimate(unwrapped, 100, 0.0)
     with pytest.raises(ValueError, match="before UV Unwrap"):

@@ -74,7 +74,12 @@ def test_out_of_memory_names_the_setting_to_lower():
             raise RuntimeError("other failure")
 
 
-def test_auto_preset():
+def test_auto_preset(monkeypatch):
+    from trellis2_core.loading.residency import resolve_preset as library_policy
+
+    for gib in (8, 12, 24, 40):  # one policy: the library's thresholds, fed with what ComfyUI can free
+        monkeypatch.setattr(bridge, "total_memory", lambda device, gib=gib: gib << 30)
+        assert resolve_preset("auto", torch.device("cuda")) == library_policy("auto", "cuda", free_bytes=gib << 30)
     assert resolve_preset("auto", torch.device("cpu")) == "high"
     assert resolve_preset("low", torch.device("cpu")) == "low"
     with pytest.raises(InputError, match="vram_preset must be one of"):
@@ -152,5 +157,8 @@ def test_extra_models_cached_unless_low():
 
 
 def test_core_mesh_fallback():
-    m = bridge.core_mesh(torch.zeros(1, 3, 3), torch.zeros(1, 1, 3, dtype=torch.int64))
-    assert m.vertices.shape == (1, 3, 3) and m.faces.shape == (1, 1, 3)
+    from trellis2_core.mesh.types import Mesh
+    from trellis2_core.postprocess.comfy_layout import core_mesh_tensors
+
+    m = bridge.core_mesh(core_mesh_tensors([Mesh(torch.eye(3), torch.tensor([[0, 1, 2]], dtype=torch.int32))]))
+    assert m.vertices.shape == (1, 3, 3) and m.faces.shape == (1, 1, 3) and m.vertex_counts.tolist() == [3]

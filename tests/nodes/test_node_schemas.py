@@ -13,11 +13,16 @@ import nodes
 from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 NODES_DIR = Path(nodes.__file__).resolve().parent
-CORE_TYPES = {"IMAGE", "MASK", "STRING", "INT", "FLOAT", "BOOLEAN", "MESH"}
+CORE_TYPES = {"IMAGE", "MASK", "STRING", "INT", "FLOAT", "BOOLEAN", "MESH", "VOXEL", "FILE_3D", "FILE_3D_GLB"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 COMFY_MODULES = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "server", "execution", "nodes",
                  "comfy_execution"}
 ITEMS = sorted(NODE_CLASS_MAPPINGS.items())
+
+
+def _known(kind: str) -> bool:
+    """A core type, ours, or a union of those ('TRELLIS2_MESH,MESH': ComfyUI accepts any member)."""
+    return all(k in CORE_TYPES or k.startswith("TRELLIS2_") for k in kind.split(","))
 
 
 def _inputs(cls):
@@ -42,7 +47,7 @@ def test_identity_and_outputs(node_id, cls):
     if returns:
         assert len(cls.RETURN_NAMES) == len(returns)
     for kind in returns:
-        assert kind in CORE_TYPES or kind.startswith("TRELLIS2_"), f"socket type {kind!r}"
+        assert _known(kind), f"socket type {kind!r}"
     if not returns:
         assert getattr(cls, "OUTPUT_NODE", False), "a node without outputs must be an output node"
 
@@ -71,7 +76,7 @@ def test_inputs_have_tooltips_and_sane_defaults(node_id, cls):
         elif kind == "STRING":
             assert isinstance(opts["default"], str), where
         else:
-            assert kind in CORE_TYPES or kind.startswith("TRELLIS2_"), f"{where}: socket type {kind!r}"
+            assert _known(kind), f"{where}: socket type {kind!r}"
         if name in ("seed", "noise_seed") or opts.get("control_after_generate"):
             assert kind == "INT" and opts["max"] >= 2 ** 32 - 1, f"{where}: seeds span the full range"
 

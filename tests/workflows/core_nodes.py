@@ -55,11 +55,16 @@ CORE_SCHEMAS: dict[str, dict[str, Any]] = {
     "Preview3D": {"required": {"model_file": (PREVIEW3D_TYPES, {"default": "", "widgetType": "STRING"})},
                   "optional": {"camera_info": ("LOAD3D_CAMERA", {"advanced": True}),
                                "bg_image": ("IMAGE", {"advanced": True}), "image": ("STRING", {"default": ""})}},
+    "FillHoles": {"required": {"mesh": ("MESH",),
+                               "max_perimeter": ("FLOAT", {"default": 0.03, "min": 0.0, "step": 0.0001}),
+                               "weld_epsilon_rel": ("FLOAT", {"default": 1e-5, "min": 0.0, "step": 1e-6}),
+                               "max_vertices": ("INT", {"default": 16, "min": 3, "max": 1024}),
+                               "fill_chains": ("BOOLEAN", {"default": False})}},
 }
 CORE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "LoadImage": ("IMAGE", "MASK"), "CheckpointLoaderSimple": ("MODEL", "CLIP", "VAE"),
     "CLIPTextEncode": ("CONDITIONING",), "EmptyLatentImage": ("LATENT",), "KSampler": ("LATENT",),
-    "VAEDecode": ("IMAGE",), "PreviewImage": (), "SaveGLB": (), "Preview3D": (),
+    "VAEDecode": ("IMAGE",), "PreviewImage": (), "SaveGLB": (), "Preview3D": (), "FillHoles": ("MESH",),
 }
 CORE_OUTPUT_NODES = {"PreviewImage", "SaveGLB", "Preview3D"}
 
@@ -98,6 +103,9 @@ def make_core_stubs(input_dir: Path, sdxl_picture: Image.Image, calls: dict[str,
         """Like core Preview3D with a path: the file must lie in the output folder (the frontend loads it there)."""
         record("Preview3D", model_file=model_file, exists=(input_dir.parent / "output" / str(model_file)).is_file())
         return {"ui": {"result": [model_file, None, None]}, "result": ()}
+    def fill_holes(mesh: Any, **settings: Any) -> tuple:  # our core_mesh is hole-filled already: passes through
+        record("FillHoles", counts=getattr(mesh, "vertex_counts", None), **settings)
+        return (mesh,)
 
     def preview(images: Any) -> dict:
         record("PreviewImage", shape=tuple(images.shape))
@@ -105,6 +113,7 @@ def make_core_stubs(input_dir: Path, sdxl_picture: Image.Image, calls: dict[str,
 
     functions = {
         "LoadImage": load_image,
+        "FillHoles": fill_holes,
         "CheckpointLoaderSimple": lambda ckpt_name: (record("Checkpoint", name=ckpt_name) or "MODEL", "CLIP", "VAE"),
         "CLIPTextEncode": lambda text, clip: (("CONDITIONING", text),),
         "EmptyLatentImage": lambda width, height, batch_size: ({"samples": torch.zeros(batch_size, 4, height // 8,

@@ -147,8 +147,28 @@ def texture_mesh() -> dict[str, Any]:
     }
 
 
+def mixed_core() -> dict[str, Any]:
+    """Our generation, ComfyUI core's mesh nodes in between, our export, core's Save GLB of the textured MESH."""
+    graph = {"1": _node("LoadImage", "Load Image", image=IMAGE)}
+    staged = _staged(["1", 0], ["1", 1], "auto", "1024_cascade", 49152, 500_000, 2048, "trellis2/mixed", 2)
+    for key in ("9", "10", "11"):  # our Fill Holes, Decimate, UV Unwrap are replaced below
+        del staged[key]
+    graph.update(staged)
+    graph["9"] = _node("FillHoles", "Core Fill Holes (on core_mesh)", mesh=["8", 1], max_perimeter=0.03,
+                       weld_epsilon_rel=1e-5, max_vertices=16, fill_chains=False)
+    graph["10"] = _node("Trellis2DecimateMesh", "Decimate Mesh (core MESH in)", mesh=["9", 0],
+                        target_faces=500_000, min_component_area=1e-5)
+    graph["11"] = _node("Trellis2UnwrapUV", "UV Unwrap", mesh=["10", 0], texture_size=2048, padding=2,
+                        max_cone_angle=60.0)
+    graph["12"]["inputs"].update(mesh=["11", 0], voxel=["8", 2])  # Export GLB bakes from Decode Mesh's VOXEL
+    graph["13"] = _node("SaveGLB", "Core Save GLB (textured core MESH)", mesh=["12", 1],
+                        filename_prefix="trellis2/mixed_core")
+    return dict(sorted(graph.items(), key=lambda kv: int(kv[0])))  # the frontend links nodes in this order
+
+
 WORKFLOWS = {"trellis2_simple": simple, "trellis2_staged": staged, "trellis2_sdxl_text_to_3d": sdxl,
-             "trellis2_low_vram": low_vram, "trellis2_texture_mesh": texture_mesh}
+             "trellis2_low_vram": low_vram, "trellis2_texture_mesh": texture_mesh,
+             "trellis2_mixed_core": mixed_core}
 
 # -------------------------------------------------------------------------------------------------- layout
 NOTES = {
@@ -166,6 +186,9 @@ NOTES = {
                              "the object in Load Image, then queue. The GLB keeps the mesh's vertices, faces, UVs and "
                              "placement (a mesh without UVs is unwrapped). Encode Mesh's resolution: 512 / 1024 / "
                              "1536 (detail vs. time); stage_seed 0 = the official texturing run.",
+    "trellis2_mixed_core": "Next to ComfyUI's own 3D nodes: Decode Mesh's core_mesh (ComfyUI MESH) goes through "
+                           "core's Fill Holes and back into this pack's Decimate / UV Unwrap; Export GLB bakes from "
+                           "Decode Mesh's voxel output and hands its textured core_mesh to core's Save GLB.",
 }
 COLUMN_X = 40
 COLUMN_W = 380

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,14 +25,15 @@ from torch import Tensor, nn
 from ..errors import WeightsError
 from ..models import model_class
 from . import official
-from .comfy_detect import DINO_ROLE
-from .comfy_files import ComfyFileSet
+from .comfy_detect import DINO_ROLE, ComfyFile, read_header
+from .comfy_files import NAME_PREFIX, ComfyFileSet
 from .comfy_int8 import QUANT_SUFFIX, SCALE_SUFFIX, QuantSpec, dequantize_int8, parse_quant, quant_specs_from_metadata
 from .config import PipelineConfig
 from .loader import _with_dtype
-from .safetensors_io import read_strict
+from .safetensors_io import check_strict, read_strict
 
-__all__ = ["ComfyPipeline", "ComfyModelEntry", "KEY_ROLES", "UNSUPPORTED_KEYS", "comfy_pipeline"]
+__all__ = ["ComfyPipeline", "ComfyModelEntry", "KEY_ROLES", "UNSUPPORTED_KEYS", "SIZES", "comfy_pipeline",
+           "list_comfy_sources", "is_comfy_source"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ UNSUPPORTED_KEYS: dict[str, str] = {
         "microsoft/TRELLIS.2-4B weights for '512'"),
 }
 _DROPPED = {"rope_phases": None}  # derived RoPE buffer of the dense flow model; we recompute it (§2.1)
+#: the architectures core's files can hold: model specs + DINOv3 config, told apart by the bundle's width.
+#: 'full' is core's TRELLIS.2-4B; 'tiny' is the test width (files written from the tiny golden pipeline).
+SIZES: dict[str, tuple[Mapping[str, tuple[str, Mapping[str, Any]]], Mapping[str, Any]]] = {
+    "full": (official.FULL, official.DINOV3_FULL),
+    "tiny": (official.TINY, official.DINOV3_TINY),
+}
+_WIDTH_PROBE = "structure_model.t_embedder.mlp.0.weight"  # [model_channels, 256]; core probes this module too
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,58 @@ class ComfyPipeline:
         if name == "512":
             raise WeightsError(f"{self.name}: {UNSUPPORTED_KEYS['tex_slat_flow_model_512']}")
 
+    def _meta_model(self, entry: ComfyModelEntry, dtype_override: torch.dtype | str | None) -> nn.Module:
+        args = _with_dtype(dict(entry.args), dtype_override, entry.file)
+        try:
+            with torch.device("meta"):
+                return model_class(entry.class_name)(**args)
+        except (TypeError, ValueError) as err:
+            raise WeightsError(f"{entry.file} ({entry.key}): cannot build {entry.class_name} ({err})") from err
+
+    def _entry(self, key: str) -> ComfyModelEntry:
+        if key in UNSUPPORTED_KEYS:
+            raise WeightsError(f"{self.name}: {UNSUPPORTED_KEYS[key]}")
+        entry = self.entries.get(key)
+        if entry is None:
+            raise WeightsError(f"{self.name}: no model {key!r}; available: {', '.join(sorted(self.entries))}")
+        return entry
+
+    def check_model(self, key: str, *, dtype_override: torch.dtype | str | None = None) -> None:
+        """Check model ``key`` from its file's header alone (no tensor is read): every key under its prefix
+        matches the model built on meta (quantisation scales and markers aside; int8 dtypes are checked at load)."""
+        entry = self._entry(key)
+        model = self._meta_model(entry, dtype_override)
+        header = read_header(entry.file)
+        fixes: dict[str, str | None] = dict(_DROPPED)
+        quantised = False
+        for name in header.tensors:
+            if name.startswith(entry.prefix) and name.endswith((SCALE_SUFFIX, QUANT_SUFFIX)):
+                fixes[name[len(entry.prefix):]] = None
+                quantised = True
+        check_strict(entry.file, model.state_dict(), fixes=fixes, prefix=entry.prefix, check_dtypes=not quantised)
+
+    def model_nbytes(self, key: str) -> int:
+        """Bytes of model ``key``'s tensors in its file (from the header; 0 for a model these files lack)."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return 0
+        sizes = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "F16": 2, "BF16": 2, "I32": 4,
+                 "F32": 4, "I64": 8, "F64": 8}
+        total = 0
+        for name, (dtype, shape) in read_header(entry.file).tensors.items():
+            if name.startswith(entry.prefix):
+                count = 1
+                for d in shape:
+                    count *= d
+                total += count * sizes.get(dtype, 4)
+        return total
+
+    def check_image_cond_model(self) -> None:
+        """The DINOv3 file is there (its header was classified when the files were found)."""
+        if not self.files.dino.path.is_file():
+            raise WeightsError(f"{self.files.dino.path}: file not found; put the DINOv3 file back into "
+                               "models/clip_vision")
+
     def load_model(self, config: Any, key: str, *, device: str | torch.device = "cpu",
                    dtype_override: torch.dtype | str | None = None, offline: bool | None = None) -> nn.Module:
         """Build model ``key`` on meta and strictly load it from its file's tensors under its prefix.
@@ -165,18 +225,9 @@ class ComfyPipeline:
         policy or ``dtype_override``). ``config`` and ``offline`` are accepted for ``ModelStore`` and not used:
         this object carries its own description, and the files are local.
         """
-        if key in UNSUPPORTED_KEYS:
-            raise WeightsError(f"{self.name}: {UNSUPPORTED_KEYS[key]}")
-        entry = self.entries.get(key)
-        if entry is None:
-            raise WeightsError(f"{self.name}: no model {key!r}; available: {', '.join(sorted(self.entries))}")
+        entry = self._entry(key)
         where = f"{entry.file} (tensors under {entry.prefix!r}, {key})"
-        args = _with_dtype(dict(entry.args), dtype_override, entry.file)
-        try:
-            with torch.device("meta"):
-                model = model_class(entry.class_name)(**args)
-        except (TypeError, ValueError) as err:
-            raise WeightsError(f"{where}: cannot build {entry.class_name} ({err})") from err
+        model = self._meta_model(entry, dtype_override)
         quant, scales = _read_quantisation(entry)
         fixes: dict[str, str | None] = dict(_DROPPED)
         for layer in quant:
@@ -214,18 +265,70 @@ class ComfyPipeline:
         return ModelStore(self.config, loader=self.load_model, **kwargs)
 
 
+def _size_of(bundle: ComfyFile) -> str | None:
+    """Which of :data:`SIZES` a diffusion bundle is, from its structure flow's width (None: none of them)."""
+    shape = read_header(bundle.path).shape(bundle.roles["structure_model"] + _WIDTH_PROBE.split(".", 1)[1])
+    for size, (specs, _) in SIZES.items():
+        if shape is not None and shape[0] == specs["sparse_structure_flow_model"][1]["model_channels"]:
+            return size
+    return None
+
+
+def _known_size(bundle: ComfyFile) -> str:
+    size = _size_of(bundle)
+    if size is None:
+        raise WeightsError(f"{bundle.path}: the diffusion bundle's width matches no known TRELLIS.2 size "
+                           "(expected core's TRELLIS.2-4B files); re-download trellis_2_bf16.safetensors from "
+                           "Comfy-Org/TRELLIS.2")
+    return size
+
+
+def is_comfy_source(source: Any) -> bool:
+    """Whether a pipeline source names ComfyUI-core files (``comfy:<bundle>``)."""
+    return isinstance(source, str) and source.startswith(NAME_PREFIX)
+
+
+def list_comfy_sources(models_dir: str | Path | None = None, *,
+                       folders: Mapping[str, Sequence[str | Path]] | None = None) -> list[str]:
+    """The ``comfy:<bundle>`` names of every complete set of core files in ``models_dir`` (or ``folders``), for
+    each size of :data:`SIZES`, sorted."""
+    from .comfy_files import list_comfy_pipelines
+
+    names: set[str] = set()
+    for size, (_, dino) in SIZES.items():
+        for files in list_comfy_pipelines(models_dir, folders=folders, dino_config=dino):
+            if _size_of(files.bundle) == size:
+                names.add(files.name)
+    return sorted(names)
+
+
 def comfy_pipeline(source: Any = None, *, name: str | None = None, folders: Mapping[str, Any] | None = None,
                    specs: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None,
                    dino_config: Mapping[str, Any] | None = None) -> ComfyPipeline:
     """A :class:`ComfyPipeline` from a ``ComfyFileSet``, a ComfyUI models folder or a list of files/folders.
 
-    ``name`` picks a bundle when several are found; ``specs``/``dino_config`` replace the official full-size
-    model arguments and the ViT-L/16 config (tests use ``official.TINY``/``official.DINOV3_TINY``).
+    ``name`` picks a bundle when several are found. The architecture (``specs`` + ``dino_config``) is the one of
+    :data:`SIZES` the bundle's width matches unless given (tests pass ``official.TINY``/``official.DINOV3_TINY``).
     """
     from .comfy_files import find_comfy_pipeline
 
     if isinstance(source, ComfyFileSet):
-        files = source
-    else:
+        if specs is None or dino_config is None:
+            size_specs, size_dino = SIZES[_known_size(source.bundle)]
+            specs, dino_config = specs or size_specs, dino_config or size_dino
+        return ComfyPipeline(source, specs=specs, dino_config=dino_config)
+    if specs is not None or dino_config is not None:
         files = find_comfy_pipeline(source, name=name, folders=folders, dino_config=dino_config)
-    return ComfyPipeline(files, specs=specs, dino_config=dino_config)
+        return comfy_pipeline(files, specs=specs, dino_config=dino_config)
+    first: WeightsError | None = None
+    for size, (size_specs, size_dino) in SIZES.items():
+        try:
+            files = find_comfy_pipeline(source, name=name, folders=folders, dino_config=size_dino)
+        except WeightsError as err:
+            first = first or err
+            continue
+        if _size_of(files.bundle) == size:
+            return ComfyPipeline(files, specs=size_specs, dino_config=size_dino)
+        _known_size(files.bundle)  # a bundle of no known width: say so
+    assert first is not None
+    raise first

@@ -130,7 +130,8 @@ def _plan(f, path: Path, expected: Mapping[str, Tensor], fixes: KeyFix, config_n
 
 def _open_strict(path: str | Path, expected: Mapping[str, Tensor], fixes: KeyFix | None, read: bool,
                  device: str | torch.device, config_name: str | None, prefix: str = "",
-                 transform: Callable[[str, Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+                 transform: Callable[[str, Tensor], Tensor] | None = None,
+                 check_header_dtypes: bool = True) -> dict[str, Tensor]:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -139,7 +140,8 @@ def _open_strict(path: str | Path, expected: Mapping[str, Tensor], fixes: KeyFix
     out: dict[str, Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            source = _plan(f, path, expected, fixes or {}, config_name, prefix, check_dtype=transform is None)
+            source = _plan(f, path, expected, fixes or {}, config_name, prefix,
+                           check_dtype=transform is None and check_header_dtypes)
             if not read:
                 return out
             dtypes = []
@@ -161,10 +163,11 @@ def _open_strict(path: str | Path, expected: Mapping[str, Tensor], fixes: KeyFix
 
 
 def check_strict(path: str | Path, expected: Mapping[str, Tensor], *, fixes: KeyFix | None = None,
-                 config_name: str | None = None, prefix: str = "") -> None:
+                 config_name: str | None = None, prefix: str = "", check_dtypes: bool = True) -> None:
     """What :func:`read_strict` checks, from the file's header alone (no tensor is read): cheap, for checking a
-    whole pipeline before its first model loads."""
-    _open_strict(path, expected, fixes, False, "cpu", config_name, prefix)
+    whole pipeline before its first model loads. ``check_dtypes`` False skips the dtype check (for files whose
+    tensors are transformed at load, e.g. int8 dequantised)."""
+    _open_strict(path, expected, fixes, False, "cpu", config_name, prefix, check_header_dtypes=check_dtypes)
 
 
 def read_strict(path: str | Path, expected: Mapping[str, Tensor], *, fixes: KeyFix | None = None,

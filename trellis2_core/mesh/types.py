@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..errors import InputError
 
-__all__ = ["Mesh", "PbrVoxels", "PBR_LAYOUT", "z_up_to_y_up"]
+__all__ = ["Mesh", "PbrVoxels", "TexturedMesh", "PBR_LAYOUT", "z_up_to_y_up", "y_up_to_z_up"]
 
 # §8.3: channel slices of the 6 PBR attributes decoded by the texture decoder.
 PBR_LAYOUT: dict[str, slice] = {
@@ -131,3 +131,29 @@ def z_up_to_y_up(points: Tensor) -> Tensor:
     if points.shape[-1] != 3:
         raise InputError(f"z_up_to_y_up needs a trailing dim of 3, got {list(points.shape)}")
     return torch.stack((points[..., 0], points[..., 2], -points[..., 1]), dim=-1)
+
+
+def y_up_to_z_up(points: Tensor) -> Tensor:
+    """The inverse of :func:`z_up_to_y_up`: glTF Y-up ``(x, y, z) → (x, −z, y)`` in the model's Z-up frame."""
+    if points.shape[-1] != 3:
+        raise InputError(f"y_up_to_z_up needs a trailing dim of 3, got {list(points.shape)}")
+    return torch.stack((points[..., 0], -points[..., 2], points[..., 1]), dim=-1)
+
+
+@dataclass(frozen=True)
+class TexturedMesh:
+    """What a GLB holds (§9.6): a UV-mapped mesh in the model frame (Z-up) with its baked PBR textures.
+
+    Texture rows run top to bottom in file order (row 0 ↔ v ≈ 0, glTF's convention).
+    """
+
+    vertices: Tensor  # [V, 3] float32, model frame
+    faces: Tensor  # [F, 3] int32
+    normals: Tensor  # [V, 3] float32 unit vertex normals, model frame
+    uvs: Tensor  # [V, 2] float32 in [0, 1]
+    base_color: Tensor  # [T, T, 4] uint8 RGBA
+    metallic_roughness: Tensor  # [T, T, 3] uint8 (0, roughness, metallic)
+
+    @property
+    def mesh(self) -> Mesh:
+        return Mesh.unchecked(self.vertices, self.faces)

@@ -3,13 +3,15 @@
 The official ``Trellis2ImageTo3DPipeline.run`` order: preprocess → seed → DINOv3 at 512 (and 1024 unless type
 '512') → sparse structure (``cond_512``) → shape (512 / 1024 / cascade) → texture → decode. Sampler settings are the
 pipeline.json blocks with the caller's overrides merged on top (§1.4). Models come from a getter (normally a
-:class:`~trellis2_core.loading.ModelStore`), loaded on first use.
+:class:`~trellis2_core.loading.ModelStore`), loaded on first use. One public method per stage
+(:meth:`Pipeline.run_structure`, :meth:`~Pipeline.run_shape`, :meth:`~Pipeline.run_material`,
+:meth:`~Pipeline.run_decode`) is what :meth:`Pipeline.run_from_conditioning` and the ComfyUI nodes call.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -17,11 +19,14 @@ from torch import nn
 
 from ..cancel import cancel_on_forward, cancel_scope
 from ..config import FastPathConfig
+from ..errors import InputError
 from ..loading import (
-    ModelStore, PipelineConfig, as_config, check_model, load_image_cond_model, resolve_image_cond_folder,
-    resolve_pipeline_dir,
+    ComfyPipeline, ModelStore, PipelineConfig, as_config, check_model, comfy_pipeline, load_image_cond_model,
+    resolve_image_cond_folder, resolve_pipeline_dir,
 )
+from ..loading.comfy_pipeline import is_comfy_source
 from ..models.streaming import weights_on_device
+from ..models.structure_decoder import occupancy_to_coords
 from ..params import check_device_name, check_dtype_name, check_max_num_tokens, check_seed
 from ..preprocess import preprocess_image
 from .sampler import SamplerParams
@@ -63,21 +68,40 @@ class Pipeline:
     """TRELLIS.2 image-to-3D over a pipeline config and a model getter (no global state, no device policy)."""
 
     def __init__(self, config: PipelineConfig | str | Path, models: Callable[[str], nn.Module] | None = None, *,
-                 image_cond_model: nn.Module | None = None, models_dir: str | Path | None = None) -> None:
+                 image_cond_model: nn.Module | None = None, models_dir: str | Path | None = None,
+                 comfy_files: ComfyPipeline | None = None) -> None:
+        """``comfy_files``: the ComfyUI-core files the models come from (None: the official layout)."""
         self.config = as_config(config)
-        self.models = models if models is not None else ModelStore(self.config)
+        self.comfy_files = comfy_files
+        if models is None:
+            models = comfy_files.model_store() if comfy_files is not None else ModelStore(self.config)
+        self.models = models
         self.models_dir = models_dir
         self._image_cond_model = image_cond_model
 
     @classmethod
     def from_pretrained(cls, source: str | Path, *, models_dir: str | Path | None = None,
                         device: str | torch.device = "cpu", dtype_override: torch.dtype | str | None = None,
-                        offline: bool | None = None, vram_preset: str = "high") -> "Pipeline":
-        """Resolve ``source`` (folder, ComfyUI models-dir name or HF repo id) and set up lazy model loading;
-        ``vram_preset`` ('high', 'medium', 'low', 'auto') as in :class:`~trellis2_core.loading.ModelStore`.
-        Nothing is loaded yet (see :meth:`check_ready`)."""
+                        offline: bool | None = None, vram_preset: str = "high",
+                        comfy_folders: Mapping[str, Sequence[str | Path]] | None = None) -> "Pipeline":
+        """Resolve ``source`` and set up lazy model loading; nothing is loaded yet (see :meth:`check_ready`).
+
+        ``source``: a pipeline folder, a ``<models_dir>/trellis2/<name>`` name, a Hugging Face repo id, or
+        ``comfy:<bundle>``: ComfyUI core's own TRELLIS.2 files, found in ``models_dir``'s ``diffusion_models`` /
+        ``unet``, ``vae`` and ``clip_vision`` folders (or in ``comfy_folders``: kind → folders, as ComfyUI's
+        ``folder_paths`` lists them). ``vram_preset`` ('high', 'medium', 'low', 'auto') as in
+        :class:`~trellis2_core.loading.ModelStore`.
+        """
         check_device_name(device)
         check_dtype_name(dtype_override, "dtype_override")
+        if is_comfy_source(source):
+            if models_dir is None and comfy_folders is None:
+                raise InputError(f"pipeline {source!r} names ComfyUI-core files: pass models_dir (--models-dir), "
+                                 "ComfyUI's models folder holding diffusion_models/, vae/ and clip_vision/")
+            files = comfy_pipeline(models_dir, name=str(source), folders=comfy_folders)
+            store = files.model_store(device=device, dtype_override=dtype_override, offline=offline,
+                                      vram_preset=vram_preset)
+            return cls(files.config, store, models_dir=models_dir, comfy_files=files)
         root = resolve_pipeline_dir(source, models_dir=models_dir, offline=offline)
         config = PipelineConfig.from_pipeline_json(root)
         store = ModelStore(config, device=device, dtype_override=dtype_override, offline=offline,
@@ -92,9 +116,12 @@ class Pipeline:
             device = getattr(self.models, "device", "cpu")
             residency = getattr(self.models, "residency", None)
             offloads = residency is not None and residency.offloads
-            model = load_image_cond_model(self.config, models_dir=self.models_dir,
-                                          device="cpu" if offloads else device,
-                                          offline=getattr(self.models, "offline", None))
+            where = "cpu" if offloads else device
+            if self.comfy_files is not None:
+                model = self.comfy_files.load_image_cond_model(device=where)
+            else:
+                model = load_image_cond_model(self.config, models_dir=self.models_dir, device=where,
+                                              offline=getattr(self.models, "offline", None))
             self._image_cond_model = self.models.adopt(IMAGE_COND_KEY, model) if offloads else model
         return self._image_cond_model
 
@@ -134,12 +161,22 @@ class Pipeline:
         for latent in ("shape_slat", "tex_slat"):
             self.config.normalization(latent)
         store = self.models
+        files = self.comfy_files
+        if files is not None:
+            files.check_pipeline_type(ptype)
         if isinstance(store, ModelStore):
             for key in ptype.model_keys:
-                if key not in store:
+                if key in store:
+                    continue
+                if files is not None:
+                    files.check_model(key, dtype_override=store.dtype_override)
+                else:
                     check_model(self.config, key, dtype_override=store.dtype_override, offline=store.offline)
             if self._image_cond_model is None:
-                resolve_image_cond_folder(self.config, models_dir=self.models_dir, offline=store.offline)
+                if files is not None:
+                    files.check_image_cond_model()
+                else:
+                    resolve_image_cond_folder(self.config, models_dir=self.models_dir, offline=store.offline)
         return ptype
 
     # ------------------------------------------------------------------ runs
@@ -167,6 +204,63 @@ class Pipeline:
         return self.run_from_conditioning(cond, seed=seed, pipeline_type=ptype, samplers=samplers,
                                           max_num_tokens=max_num_tokens, hooks=hooks, fast=fast)
 
+    # ------------------------------------------------------------------ stages (one call each; the nodes' API)
+    def stage_keys(self, stage: str, pipeline_type: PipelineType | str | None = None) -> tuple[str, ...]:
+        """The models stage ``stage`` ('structure', 'shape', 'material', 'decode') uses for ``pipeline_type``."""
+        return self._type(pipeline_type).stage_keys(stage)
+
+    @torch.no_grad()
+    def run_structure(self, cond: Conditioning, generator: torch.Generator, *,
+                      pipeline_type: PipelineType | str | None = None, sampler: Mapping[str, Any] | None = None,
+                      hooks: StageHooks = StageHooks(), fast: FastPathConfig | None = None) -> Structure:
+        """Stage 2 (§1.1): sparse-structure sampling + occupancy, with the 512 px tokens, at ``pipeline_type``'s
+        structure grid (default: pipeline.json's type). ``sampler`` overrides pipeline.json's settings."""
+        ptype = self._type(pipeline_type)
+        get = self.models
+        return sample_structure(get("sparse_structure_flow_model"), get("sparse_structure_decoder"), cond.at(512),
+                                self.sampler_params("sparse_structure", sampler), ptype.ss_res, generator, hooks,
+                                fast=fast)
+
+    @torch.no_grad()
+    def run_shape(self, cond: Conditioning, structure: Structure, generator: torch.Generator, *,
+                  pipeline_type: PipelineType | str | None = None, sampler: Mapping[str, Any] | None = None,
+                  max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS, hooks: StageHooks = StageHooks(),
+                  fast: FastPathConfig | None = None) -> ShapeLatent:
+        """Stage 3 (§1.2-1.3): the shape latent on ``structure``'s voxels, at 512/1024 or as a cascade. A structure
+        sampled at another grid is re-pooled from its occupancy logits to this type's grid."""
+        ptype = self._type(pipeline_type)
+        check_max_num_tokens(max_num_tokens)
+        coords = (structure.coords if structure.resolution == ptype.ss_res
+                  else occupancy_to_coords(structure.logits, ptype.ss_res))
+        params = self.sampler_params("shape_slat", sampler)
+        norm = self.config.normalization("shape_slat")
+        get = self.models
+        if ptype.cascade:
+            return sample_shape_cascade(
+                get("shape_slat_flow_model_512"), get("shape_slat_flow_model_1024"), get("shape_slat_decoder"),
+                cond.at(512), cond.at(1024), coords, params, norm, ptype.resolution, generator, max_num_tokens,
+                hooks, fast=fast)
+        return sample_shape(get(ptype.shape_model), cond.at(ptype.cond_resolution), coords, params, norm,
+                            ptype.resolution, generator, hooks, fast=fast)
+
+    @torch.no_grad()
+    def run_material(self, cond: Conditioning, shape: ShapeLatent, generator: torch.Generator, *,
+                     pipeline_type: PipelineType | str | None = None, sampler: Mapping[str, Any] | None = None,
+                     hooks: StageHooks = StageHooks(), fast: FastPathConfig | None = None) -> MaterialLatent:
+        """Stage 4 (§1.1): the texture latent on ``shape``'s voxels."""
+        ptype = self._type(pipeline_type)
+        return sample_material(
+            self.models(ptype.tex_model), cond.at(ptype.cond_resolution), shape.slat,
+            self.sampler_params("tex_slat", sampler), self.config.normalization("shape_slat"),
+            self.config.normalization("tex_slat"), generator, hooks, fast=fast)
+
+    @torch.no_grad()
+    def run_decode(self, shape: ShapeLatent, material: MaterialLatent | None = None) -> Decoded:
+        """Stages 5-6: meshes (before hole filling) and, with ``material``, the PBR voxels."""
+        get = self.models
+        return decode(get("shape_slat_decoder"), get("tex_slat_decoder") if material is not None else None,
+                      shape.slat, material.slat if material is not None else None, shape.res)
+
     @torch.no_grad()
     def run_from_conditioning(self, cond: Conditioning, *, seed: int = DEFAULT_SEED,
                               pipeline_type: PipelineType | str | None = None,
@@ -181,25 +275,12 @@ class Pipeline:
         samplers = samplers or SamplerOverrides()
         gen = torch.Generator(device="cpu")
         gen.manual_seed(seed)
-        get = self.models
-        structure = sample_structure(
-            get("sparse_structure_flow_model"), get("sparse_structure_decoder"), cond.at(512),
-            self.sampler_params("sparse_structure", samplers.sparse_structure), ptype.ss_res, gen, hooks, fast=fast)
-        shape_params = self.sampler_params("shape_slat", samplers.shape_slat)
-        shape_norm = self.config.normalization("shape_slat")
-        if ptype.cascade:
-            shape = sample_shape_cascade(
-                get("shape_slat_flow_model_512"), get("shape_slat_flow_model_1024"), get("shape_slat_decoder"),
-                cond.at(512), cond.at(1024), structure.coords, shape_params, shape_norm, ptype.resolution, gen,
-                max_num_tokens, hooks, fast=fast)
-        else:
-            shape = sample_shape(get(ptype.shape_model), cond.at(ptype.cond_resolution), structure.coords,
-                                 shape_params, shape_norm, ptype.resolution, gen, hooks, fast=fast)
-        material = sample_material(
-            get(ptype.tex_model), cond.at(ptype.cond_resolution), shape.slat,
-            self.sampler_params("tex_slat", samplers.tex_slat), shape_norm, self.config.normalization("tex_slat"),
-            gen, hooks, fast=fast)
+        structure = self.run_structure(cond, gen, pipeline_type=ptype, sampler=samplers.sparse_structure,
+                                       hooks=hooks, fast=fast)
+        shape = self.run_shape(cond, structure, gen, pipeline_type=ptype, sampler=samplers.shape_slat,
+                               max_num_tokens=max_num_tokens, hooks=hooks, fast=fast)
+        material = self.run_material(cond, shape, gen, pipeline_type=ptype, sampler=samplers.tex_slat, hooks=hooks,
+                                     fast=fast)
         with cancel_scope(hooks.should_cancel):  # decoders poll between their blocks
-            decoded = decode(get("shape_slat_decoder"), get("tex_slat_decoder"), shape.slat, material.slat,
-                             shape.res)
+            decoded = self.run_decode(shape, material)
         return PipelineResult(ptype, int(seed), cond, structure, shape, material, decoded)

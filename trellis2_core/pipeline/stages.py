@@ -68,12 +68,24 @@ class PipelineType:
     def tex_model(self) -> str:
         return "tex_slat_flow_model_512" if self.resolution == 512 else "tex_slat_flow_model_1024"
 
+    def stage_keys(self, stage: str) -> tuple[str, ...]:
+        """The pipeline models stage ``stage`` ('structure', 'shape', 'material', 'decode') of this type uses."""
+        if stage == "structure":
+            return ("sparse_structure_flow_model", "sparse_structure_decoder")
+        if stage == "shape":  # cascades decode the LR shape to find the HR voxels (§1.3)
+            return (("shape_slat_flow_model_512", "shape_slat_flow_model_1024", "shape_slat_decoder") if self.cascade
+                    else (self.shape_model,))
+        if stage == "material":
+            return (self.tex_model,)
+        if stage == "decode":
+            return ("shape_slat_decoder", "tex_slat_decoder")
+        raise InputError(f"unknown stage {stage!r}; one of structure, shape, material, decode")
+
     @property
     def model_keys(self) -> tuple[str, ...]:
-        """The pipeline models a run of this type uses, in stage order."""
-        shape = (("shape_slat_flow_model_512", "shape_slat_flow_model_1024") if self.cascade else (self.shape_model,))
-        return ("sparse_structure_flow_model", "sparse_structure_decoder", *shape, self.tex_model,
-                "shape_slat_decoder", "tex_slat_decoder")
+        """The pipeline models a run of this type uses, in stage order (each once)."""
+        keys = [k for stage in ("structure", "shape", "material", "decode") for k in self.stage_keys(stage)]
+        return tuple(dict.fromkeys(keys))
 
     @property
     def cond_resolution(self) -> int:

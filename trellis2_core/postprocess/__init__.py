@@ -7,7 +7,7 @@ from .bake import BakedTextures, bake_pbr_textures, sample_pbr_voxels
 from .clean import clean_mesh, remove_unreferenced_vertices, unify_orientation
 from .closest import ClosestPoints, TriangleGrid, closest_points
 from .decimate import decimate_mesh
-from .export import ExportConfig, ExportReport, export_glb, vertex_normals
+from .export import ExportConfig, ExportReport, export_glb, simplify_mesh, texture_mesh, vertex_normals
 from .glb import write_glb
 from .holes import fill_holes
 from .remesh import remesh_narrow_band
@@ -30,6 +30,8 @@ __all__ = [
     "remesh_narrow_band",
     "remove_unreferenced_vertices",
     "sample_pbr_voxels",
+    "simplify_mesh",
+    "texture_mesh",
     "unify_orientation",
     "unwrap_uv",
     "vertex_normals",

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..cancel import cancel_scope, checkpoint
 from ..errors import InputError
 from ..mesh.checks import check_mesh, check_voxels
-from ..mesh.types import Mesh, PbrVoxels
+from ..mesh.types import Mesh, PbrVoxels, TexturedMesh
 from .bake import bake_pbr_textures
 from .clean import clean_mesh, remove_unreferenced_vertices
 from .closest import TriangleGrid
@@ -36,9 +36,9 @@ from .decimate import decimate_mesh
 from .glb import ALPHA_MODES, TEXTURE_FORMATS, check_output_path, write_glb
 from .holes import fill_holes
 from .remesh import remesh_narrow_band
-from .unwrap import unwrap_uv
+from .unwrap import UvAtlas, unwrap_uv
 
-__all__ = ["ExportConfig", "ExportReport", "export_glb", "vertex_normals"]
+__all__ = ["ExportConfig", "ExportReport", "export_glb", "simplify_mesh", "texture_mesh", "vertex_normals"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ class ExportReport:
     charts: int
     atlas_coverage: float  # fraction of texels covered by a triangle
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    asset: TexturedMesh | None = field(default=None, compare=False, repr=False)  # what the GLB holds
 
 
 _NOTHING_LEFT = ("no faces are left after clean-up (every face was degenerate, duplicate or part of a piece smaller "
@@ -144,31 +145,88 @@ def vertex_normals(mesh: Mesh) -> Tensor:
     return torch.where(length > 1e-300, acc / length.clamp(min=1e-300), fallback).to(torch.float32)
 
 
+def simplify_mesh(mesh: Mesh, target_faces: int, min_component_area: float = 1e-5) -> tuple[Mesh, bool]:
+    """The export's geometry without remeshing (§9.2' branch B): clean (degenerate/duplicate faces, components
+    smaller than ``min_component_area``) → decimate to ``target_faces`` (0 disables) → clean again and unify the
+    orientation → drop unreferenced vertices. Returns (the mesh, whether decimation moved the surface, i.e. the
+    texels must be projected back onto ``mesh``). The Decimate node and :func:`export_glb` both call this."""
+    return _decimate(_clean(mesh, min_component_area), target_faces)
+
+
+def _clean(mesh: Mesh, min_component_area: float) -> Mesh:
+    work = clean_mesh(mesh, min_component_area, orient=False)
+    if work.num_faces == 0:
+        raise InputError(_NOTHING_LEFT)
+    return work
+
+
+def _decimate(work: Mesh, target_faces: int) -> tuple[Mesh, bool]:
+    decimated = decimate_mesh(work, target_faces)
+    moved = decimated is not work
+    # QEM quadrics ignore winding, so orientation is unified once, on the (smaller) decimated mesh
+    work, _ = remove_unreferenced_vertices(clean_mesh(decimated))
+    if work.num_faces == 0:
+        raise InputError(_NOTHING_LEFT)
+    return work, moved
+
+
+def texture_mesh(mesh: Mesh, atlas: UvAtlas, pbr_voxels: PbrVoxels, texture_size: int,
+                 surface: Mesh | TriangleGrid | None = None) -> TexturedMesh:
+    """Bake ``pbr_voxels`` into ``atlas`` (unwrapped from ``mesh``): vertex normals + textures (§9.4 step 4, §9.5).
+
+    ``surface`` is the hole-filled original the texels are projected onto (None: ``mesh`` lies on it). The atlas
+    must have been packed for ``texture_size`` (its padding is in those texels)."""
+    return _texture(mesh, atlas, pbr_voxels, texture_size, surface)[0]
+
+
+def _texture(mesh: Mesh, atlas: UvAtlas, pbr_voxels: PbrVoxels, texture_size: int,
+             surface: Mesh | TriangleGrid | None) -> tuple[TexturedMesh, float]:
+    if atlas.texture_size and atlas.texture_size != texture_size:
+        raise InputError(f"the UV atlas was packed for {atlas.texture_size} px textures but the export bakes "
+                         f"{texture_size} px: use the same texture_size in UV Unwrap and Export GLB")
+    normals = vertex_normals(mesh)[atlas.vmap]
+    textures = bake_pbr_textures(atlas.uvs, atlas.faces, atlas.vertices, pbr_voxels, texture_size, surface=surface)
+    return TexturedMesh(atlas.vertices, atlas.faces, normals, atlas.uvs, textures.base_color,
+                        textures.metallic_roughness), textures.coverage
+
+
 def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, config: ExportConfig | None = None,
-               progress: ExportProgress | None = None) -> ExportReport:
+               progress: ExportProgress | None = None, *, atlas: UvAtlas | None = None,
+               surface: Mesh | None = None) -> ExportReport:
     """Post-process ``mesh`` (Z-up, inside [-0.5, 0.5]³), bake ``pbr_voxels`` into textures and write a GLB.
 
-    Runs on the mesh's device (decimation on the CPU). Raises :class:`InputError` for empty/corrupt inputs (NaN
+    With ``atlas`` (``mesh`` already simplified and unwrapped, e.g. by the staged nodes) only the bake and the
+    write run; ``surface`` is then the original mesh before simplification, hole-filled here like the one-call
+    path's, onto which every texel is projected (None: ``mesh`` is that surface). Runs on the mesh's device
+    (decimation on the CPU). Raises :class:`InputError` for empty/corrupt inputs (NaN
     vertices or voxel attributes, faces out of range, coordinates far outside the unit cube, nothing left after
     clean-up) or an unusable ``path`` (checked before any work), and
     :class:`~trellis2_core.errors.CancelledError` within about a second of ``progress.cancelled()`` (or any
     enclosing :func:`~trellis2_core.cancel.cancel_scope` poll) turning true; a cancelled or failed export leaves
-    no file behind.
+    no file behind. The report's ``asset`` holds what was written.
     """
     if config is not None and not isinstance(config, ExportConfig):
         raise InputError(f"export config must be an ExportConfig, got {type(config).__name__}")
     cfg = config or ExportConfig()
     _validate(mesh, pbr_voxels)
+    if atlas is not None and cfg.remesh:
+        raise InputError("remesh cannot change a mesh that is already UV-unwrapped: turn remesh off or remove the "
+                         "UV Unwrap node")
+    if surface is not None:
+        check_mesh(surface, "GLB export (projection surface)", max_abs=_MAX_COORDINATE)
     target = check_output_path(path)
     with contextlib.ExitStack() as scope:
-        return _export(mesh, pbr_voxels, target, cfg, progress, scope)
+        return _export(mesh, pbr_voxels, target, cfg, progress, scope, atlas, surface)
 
 
 def _export(mesh: Mesh, pbr_voxels: PbrVoxels, target, cfg: ExportConfig, progress: ExportProgress | None,
-            scope: contextlib.ExitStack) -> ExportReport:
+            scope: contextlib.ExitStack, atlas: UvAtlas | None, given_surface: Mesh | None) -> ExportReport:
     """The export stages of :func:`export_glb` (inputs checked). ``progress.cancelled`` becomes an active cancel
     poll once the first stage has been reported (so a progress object is always asked after its first step)."""
-    stages = ["fill_holes", "remesh" if cfg.remesh else "clean", "decimate", "unwrap", "bake", "write"]
+    if atlas is not None:
+        stages = ["fill_holes", "bake", "write"]
+    else:
+        stages = ["fill_holes", "remesh" if cfg.remesh else "clean", "decimate", "unwrap", "bake", "write"]
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
 
@@ -184,43 +242,43 @@ def _export(mesh: Mesh, pbr_voxels: PbrVoxels, target, cfg: ExportConfig, progre
         if stage != stages[-1]:  # once written, the export stands
             checkpoint(f"GLB export (after stage {stage!r})", force=True)
 
-    original = fill_holes(mesh, cfg.fill_holes_perimeter)  # §9.1 step 2: kept for attribute transfer
-    advance("fill_holes")
     surface: Mesh | TriangleGrid | None = None  # what the texels are projected onto (None: they lie on it)
-    if cfg.remesh:
-        surface = TriangleGrid(original.vertices, original.faces)
-        work = remesh_narrow_band(original, pbr_voxels.resolution, float(cfg.remesh_band),
-                                  float(cfg.remesh_project), grid=surface)
-        advance("remesh")
-        work = clean_mesh(decimate_mesh(work, cfg.target_faces), orient=False)
+    if atlas is not None:
+        if given_surface is not None:  # §9.1 step 2 / §9.5 step 3: the hole-filled original, as below
+            surface = fill_holes(given_surface, cfg.fill_holes_perimeter)
+        advance("fill_holes")
+        work = mesh
     else:
-        # QEM quadrics ignore winding, so orientation is unified once, on the (smaller) decimated mesh
-        work = clean_mesh(original, cfg.min_component_area, orient=False)
-        if work.num_faces == 0:
-            raise InputError(_NOTHING_LEFT)
-        advance("clean")
-        decimated = decimate_mesh(work, cfg.target_faces)
-        if decimated is not work:  # the surface moved: project texels back onto the original (§9.5 step 3)
-            surface = original
-        work = clean_mesh(decimated)
-    work, _ = remove_unreferenced_vertices(work)
-    if work.num_faces == 0:
-        raise InputError(_NOTHING_LEFT)
-    advance("decimate")
-    atlas = unwrap_uv(work, cfg.texture_size, padding=cfg.uv_padding)
-    normals = vertex_normals(work)[atlas.vmap]
-    advance("unwrap")
-    textures = bake_pbr_textures(atlas.uvs, atlas.faces, atlas.vertices, pbr_voxels, cfg.texture_size,
-                                 surface=surface)
+        original = fill_holes(mesh, cfg.fill_holes_perimeter)  # §9.1 step 2: kept for attribute transfer
+        advance("fill_holes")
+        if cfg.remesh:
+            surface = TriangleGrid(original.vertices, original.faces)
+            work = remesh_narrow_band(original, pbr_voxels.resolution, float(cfg.remesh_band),
+                                      float(cfg.remesh_project), grid=surface)
+            advance("remesh")
+            work = clean_mesh(decimate_mesh(work, cfg.target_faces), orient=False)
+            work, _ = remove_unreferenced_vertices(work)
+            if work.num_faces == 0:
+                raise InputError(_NOTHING_LEFT)
+        else:
+            work = _clean(original, cfg.min_component_area)
+            advance("clean")
+            work, moved = _decimate(work, cfg.target_faces)
+            if moved:  # the surface moved: project texels back onto the original (§9.5 step 3)
+                surface = original
+        advance("decimate")
+        atlas = unwrap_uv(work, cfg.texture_size, padding=cfg.uv_padding)
+        advance("unwrap")
+    asset, coverage = _texture(work, atlas, pbr_voxels, cfg.texture_size, surface)
     advance("bake")
-    size = write_glb(target, atlas.vertices, atlas.faces, normals, atlas.uvs, textures.base_color,
-                     textures.metallic_roughness, alpha_mode=cfg.alpha_mode, alpha_cutoff=cfg.alpha_cutoff,
+    size = write_glb(target, asset.vertices, asset.faces, asset.normals, asset.uvs, asset.base_color,
+                     asset.metallic_roughness, alpha_mode=cfg.alpha_mode, alpha_cutoff=cfg.alpha_cutoff,
                      double_sided=cfg.material_double_sided, texture_format=cfg.texture_format,
                      png_compress_level=cfg.png_compress_level)
     advance("write")
-    report = ExportReport(path=str(target), bytes=size, faces=int(atlas.faces.shape[0]),
-                          vertices=int(atlas.vertices.shape[0]), charts=atlas.num_charts,
-                          atlas_coverage=textures.coverage, timings=timings)
+    report = ExportReport(path=str(target), bytes=size, faces=int(asset.faces.shape[0]),
+                          vertices=int(asset.vertices.shape[0]), charts=atlas.num_charts,
+                          atlas_coverage=coverage, timings=timings, asset=asset)
     log.info("GLB export: %d faces, %d charts, %.1f %% atlas coverage, %.2f s -> %s", report.faces, report.charts,
              100 * report.atlas_coverage, sum(timings.values()), report.path)
     return report

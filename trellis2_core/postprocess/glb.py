@@ -29,12 +29,11 @@ from torch import Tensor
 from ..cancel import checkpoint
 from ..errors import BackendError, InputError
 from ..mesh.types import z_up_to_y_up
+from ..params import ALPHA_MODES, TEXTURE_FORMATS
 from .output_file import check_output_path, write_atomically
 
 __all__ = ["write_glb", "ALPHA_MODES", "TEXTURE_FORMATS", "check_output_path"]
 
-ALPHA_MODES = ("OPAQUE", "MASK", "BLEND")
-TEXTURE_FORMATS = ("png", "webp")
 
 
 def _encode(array: Tensor, texture_format: str, png_compress_level: int):

@@ -64,6 +64,7 @@ class UvAtlas:
     chart: Tensor  # [F] int64 chart id per face
     num_charts: int
     utilization: float  # UV area of all triangles / unit square (what fraction of the texture they cover)
+    texture_size: int = 0  # texels per side the charts were packed for (padding is in its texels); 0 = unknown
 
 
 def count_flipped(uvs: Tensor, faces: Tensor) -> int:
@@ -257,6 +258,7 @@ def unwrap_uv(
         chart=chart,
         num_charts=int(axis.shape[0]),
         utilization=util,
+        texture_size=int(texture_size),
     )
 
 

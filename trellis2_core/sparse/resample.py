@@ -19,7 +19,8 @@ from .tensor import SparseTensor
 __all__ = ["Subdivision", "subdivide", "expand_children", "channel_to_space", "Grouping", "group_parents",
            "space_to_channel"]
 
-_OFFSETS = torch.tensor([[s & 1, (s >> 1) & 1, (s >> 2) & 1] for s in range(8)], dtype=torch.int32)
+# device given explicitly: this module may first be imported inside a ``with torch.device("meta")`` model build
+_OFFSETS = torch.tensor([[s & 1, (s >> 1) & 1, (s >> 2) & 1] for s in range(8)], dtype=torch.int32, device="cpu")
 
 
 @dataclass(frozen=True)
