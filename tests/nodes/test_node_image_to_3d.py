@@ -47,8 +47,9 @@ def test_an_image_batch_makes_one_glb_per_image_with_one_progress_bar(demo_handl
     paths = [output_dir / e["subfolder"] / e["filename"] for e in entries]
     assert all(p.is_file() and p.read_bytes()[:4] == b"glTF" for p in paths)
     assert paths[0].read_bytes() != paths[1].read_bytes()  # two different images
-    glb_path, items = out["result"]
+    glb_path, items, core_mesh, model_3d = out["result"]
     assert glb_path == "batch/obj_00001_.glb" and len(items) == 2
+    assert len(core_mesh.vertex_counts) == 2 and model_3d is not None  # one core MESH item per image, FILE_3D
     assert len(bars) == 1  # one bar for the whole batch
     bar = bars[0]
     assert bar.values == sorted(bar.values) and bar.values[-1] == bar.total  # monotone, ends full
