@@ -150,13 +150,12 @@ def test_load_mesh_lists_only_meshes_and_notices_file_changes(tmp_path, monkeypa
 def test_load_mesh_takes_a_core_mesh(input_dir):
     m = uv_mesh()
     texcoords = np.stack((m.visual.uv[:, 0], 1 - m.visual.uv[:, 1]), 1).astype(np.float32)  # glTF convention
-    core = bridge.core_mesh(torch.from_numpy(m.vertices.astype(np.float32))[None], torch.from_numpy(m.faces)[None])
-    core = type("CoreMesh", (), {"vertices": core.vertices, "faces": core.faces,
-                                 "uvs": torch.from_numpy(texcoords)[None]})()
+    core = bridge.PlainMesh(vertices=torch.from_numpy(m.vertices.astype(np.float32))[None],
+                            faces=torch.from_numpy(m.faces)[None], uvs=torch.from_numpy(texcoords)[None])
     (asset,) = M["Trellis2LoadMesh"]().load("none", core_mesh=core)
     assert asset.origin == "core MESH" and np.array_equal(asset.mesh.faces, m.faces)
     assert np.allclose(asset.mesh.uvs, m.visual.uv, atol=1e-7)
-    batch = bridge.core_mesh(torch.zeros(2, 3, 3), torch.zeros(2, 1, 3, dtype=torch.int64))
+    batch = bridge.PlainMesh(vertices=torch.zeros(2, 3, 3), faces=torch.zeros(2, 1, 3, dtype=torch.int64))
     with pytest.raises(InputError, match="batch of 2"):
         M["Trellis2LoadMesh"]().load("none", core_mesh=batch)
 
