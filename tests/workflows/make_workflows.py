@@ -3,8 +3,10 @@
 ``python tests/workflows/make_workflows.py api OUT_DIR`` writes ``<name>.api.json`` for each workflow. The UI files
 in ``workflows/`` are made from them with the real ComfyUI frontend (``comfy_harness.sh to-ui API.json UI.json``,
 i.e. ``app.loadApiJson`` + ``graph.serialize``) and then laid out with ``layout`` below:
-``python tests/workflows/make_workflows.py layout UI.json...`` (positions, sizes, titles, groups, notes).
-Regenerate whenever a node's inputs change; ``tests/workflows/test_workflow_files.py`` catches stale files.
+``python tests/workflows/make_workflows.py layout UI.json...`` (positions, sizes, titles, groups, notes; ``PLANS``
+below), then ``python workflows/make_thumbnails.py`` redraws the template thumbnails.
+Regenerate whenever a node's inputs change; ``tests/workflows/test_workflow_files.py`` catches stale files,
+``test_workflow_layout.py`` overlapping or too small nodes, ``test_thumbnails.py`` stale thumbnails.
 """
 from __future__ import annotations
 
@@ -332,6 +334,7 @@ def layout(ui: dict[str, Any], name: str) -> dict[str, Any]:
         box = box.union(b)
     ui.setdefault("extra", {})["ds"] = _fit_view(box)  # a template opens showing the whole graph
     return ui
+
 
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[1] == "api":

@@ -2,6 +2,7 @@
 groups hold whole nodes, notes say what to set, and the whole graph is legible when fitted to a screen."""
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 
@@ -9,6 +10,7 @@ import pytest
 
 from tests.workflows.graph import FRONTEND_ONLY
 from tests.workflows.layout_rules import GAP, group_box, group_title_h, min_size, node_box
+from tests.workflows.make_workflows import layout
 from tests.workflows.test_workflow_files import FILES, outputs_of, schemas
 
 CANVAS = (1600, 1000)  # ComfyUI's canvas in a 1600×1000 browser window, pixels
@@ -124,3 +126,11 @@ def test_notes_explain_what_to_set(path):
     for node in ui["nodes"]:
         if node["type"] not in FRONTEND_ONLY:
             assert node.get("title"), f"{path.stem}: {_label(node)} has no title"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_files_are_laid_out_by_make_workflows(path):
+    """Layout lives in make_workflows.PLANS: re-running it changes nothing (no hand-placed nodes to lose)."""
+    ui = _load(path)
+    assert layout(copy.deepcopy(ui), path.stem) == ui, \
+        f"run python tests/workflows/make_workflows.py layout workflows/{path.name}"
