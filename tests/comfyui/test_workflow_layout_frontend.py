@@ -35,10 +35,10 @@ def test_workflow_opens_without_overlaps(page, path):  # noqa: F811
     time.sleep(2)
     nodes = page.evaluate("(() => window.comfyAPI.app.app.graph._nodes.map(n => ({id: n.id, type: n.type, "
                           "size: [...n.size], min: [...n.computeSize()], box: [...n.getBounding()]})))()")
-    stored = {n["id"]: n for n in ui["nodes"]}
-    assert {n["id"] for n in nodes} == set(stored)
+    stored = {str(n["id"]): n for n in ui["nodes"]}  # the frontend keeps node ids as strings
+    assert {str(n["id"]) for n in nodes} == set(stored)
     for n in nodes:
-        want = stored[n["id"]]["size"]
+        want = stored[str(n["id"])]["size"]
         assert n["min"][0] <= want[0] + 0.5 and n["min"][1] <= want[1] + 0.5, \
             f"{path.stem}: {n['type']} #{n['id']} needs {n['min']}, stored {want}"
         assert abs(n["size"][0] - want[0]) < 1 and abs(n["size"][1] - want[1]) < 1, \
