@@ -14,6 +14,7 @@ from .image_to_3d import Trellis2ImageTo3D
 from .load import Trellis2LoadModel
 from .mesh_ops import Trellis2DecimateMesh, Trellis2FillHoles, Trellis2UnwrapUV
 from .sample import Trellis2SampleMaterial, Trellis2SampleShape, Trellis2SampleStructure
+from .texturing import Trellis2BakeOntoMesh, Trellis2EncodeMesh, Trellis2LoadMesh
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "Trellis2LoadModel": Trellis2LoadModel,
@@ -29,6 +30,9 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "Trellis2ExportGLB": Trellis2ExportGLB,
     "Trellis2PreviewGLB": Trellis2PreviewGLB,
     "Trellis2ImageTo3D": Trellis2ImageTo3D,
+    "Trellis2LoadMesh": Trellis2LoadMesh,
+    "Trellis2EncodeMesh": Trellis2EncodeMesh,
+    "Trellis2BakeOntoMesh": Trellis2BakeOntoMesh,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -45,6 +49,9 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "Trellis2ExportGLB": "Export GLB (TRELLIS.2)",
     "Trellis2PreviewGLB": "Preview GLB (TRELLIS.2)",
     "Trellis2ImageTo3D": "Image to 3D (TRELLIS.2)",
+    "Trellis2LoadMesh": "Load Mesh (TRELLIS.2 texturing)",
+    "Trellis2EncodeMesh": "Encode Mesh (TRELLIS.2 texturing)",
+    "Trellis2BakeOntoMesh": "Bake onto Mesh (TRELLIS.2 texturing)",
 }
 
 comfy_bridge.on_pack_load()  # inside ComfyUI only: models/trellis2 folder, .mjs MIME type

@@ -23,13 +23,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MODELS_FOLDER", "comfy_module", "have_comfy", "progress_bar", "interrupted", "raise_interrupted",
-    "models_dir", "trellis2_dirs", "register_model_folder", "output_dir", "torch_device", "total_memory",
+    "models_dir", "trellis2_dirs", "register_model_folder", "output_dir", "input_dir", "torch_device", "total_memory",
     "free_memory", "empty_cache", "core_mesh", "PlainMesh", "ensure_module_mime_type", "on_pack_load",
 ]
 
 MODELS_FOLDER = "trellis2"  # ComfyUI/models/trellis2/<pipeline folder>
 _ENV_MODELS = "TRELLIS2_MODELS_DIR"  # fallback models dir outside ComfyUI
 _ENV_OUTPUT = "TRELLIS2_OUTPUT_DIR"  # fallback output dir outside ComfyUI
+_ENV_INPUT = "TRELLIS2_INPUT_DIR"  # fallback input dir outside ComfyUI
 
 
 def comfy_module(name: str) -> ModuleType | None:
@@ -125,6 +126,14 @@ def output_dir() -> Path:
     if fp is not None:
         return Path(fp.get_output_directory())
     return Path(os.environ.get(_ENV_OUTPUT) or "output").expanduser()
+
+
+def input_dir() -> Path:
+    """ComfyUI's input folder (uploads); outside ComfyUI ``$TRELLIS2_INPUT_DIR`` or ``./input``."""
+    fp = comfy_module("folder_paths") if have_comfy() else None
+    if fp is not None:
+        return Path(fp.get_input_directory())
+    return Path(os.environ.get(_ENV_INPUT) or "input").expanduser()
 
 
 def ensure_module_mime_type() -> None:

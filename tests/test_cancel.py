@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tests.tools.glb_checks import asset_images, require_tiny_pipeline
+from tests.tools.glb_checks import asset_images, loaded_tiny_pipeline
 from tests.tools.matting_fixture import build_tiny_matting
 from trellis2_core import image_to_glb
 from trellis2_core.cancel import cancel_on_forward, cancel_requested, cancel_scope, checkpoint, hook_points
@@ -154,11 +154,7 @@ class CancelAt:
 
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
-    pipeline = Pipeline.from_pretrained(require_tiny_pipeline(), offline=True)
-    for key in pipeline.models.keys:
-        pipeline.models(key)
-    assert pipeline.image_cond_model is not None
-    return pipeline
+    return loaded_tiny_pipeline()
 
 
 @pytest.fixture(scope="module")

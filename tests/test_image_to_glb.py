@@ -14,7 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.tools.glb_checks import Stopwatch, asset_images, assert_valid_glb, require_tiny_pipeline
+from tests.tools.glb_checks import (
+    Stopwatch, asset_images, assert_valid_glb, loaded_tiny_pipeline,
+)
 from tests.tools.matting_fixture import build_tiny_matting
 from trellis2_core import image_to_glb
 from trellis2_core.errors import CancelledError, InputError, OutOfMemoryError
@@ -49,12 +51,7 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
-    """The tiny pipeline with every model loaded up front (one-time loading is not part of the per-image time)."""
-    pipeline = Pipeline.from_pretrained(require_tiny_pipeline(), offline=True)
-    for key in pipeline.models.keys:
-        pipeline.models(key)
-    assert pipeline.image_cond_model is not None
-    return pipeline
+    return loaded_tiny_pipeline()
 
 
 @pytest.fixture(scope="module")

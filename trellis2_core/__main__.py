@@ -1,4 +1,5 @@
-"""Command line: ``python -m trellis2_core IMAGE -o OUT.glb [options]`` (spec §1, §2, §9).
+"""Command line: ``python -m trellis2_core IMAGE -o OUT.glb [options]`` (spec §1, §2, §9), and
+``python -m trellis2_core texture MESH IMAGE -o OUT.glb`` (:mod:`.cli_texture`).
 
 Thin argparse layer over :func:`trellis2_core.api.image_to_glb`, with one tqdm bar per stage (sampler stages count
 steps). Every option is checked first (:func:`_check`, the library's checks under the flags' names), before any
@@ -196,7 +197,12 @@ def _fail(bars: _Bars, message: str, verbose: bool, status: int = 2) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit status."""
+    """Run the CLI; returns the process exit status (``texture MESH IMAGE ...`` runs the texturing subcommand)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["texture"]:
+        from .cli_texture import main as texture_main
+
+        return texture_main(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args)
     from .errors import BackendError, InputError, Trellis2Error, WeightsError

@@ -5,7 +5,7 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
-const NODE_TYPES = new Set(["Trellis2ExportGLB", "Trellis2ImageTo3D", "Trellis2PreviewGLB"]);
+const NODE_TYPES = new Set(["Trellis2ExportGLB", "Trellis2ImageTo3D", "Trellis2PreviewGLB", "Trellis2BakeOntoMesh"]);
 const UI_KEY = "trellis2_glb";
 const WIDGET = "trellis2_preview";
 const MIN_HEIGHT = 320;

@@ -3,9 +3,10 @@
 Nothing inside ``$COMFYUI_DIR`` is changed: ``--base-directory`` points ComfyUI's ``custom_nodes/``, ``models/``,
 ``input/``, ``output/`` and ``user/`` at a temporary folder where the pack is symlinked, the tiny golden pipeline
 sits in ``models/trellis2/TRELLIS.2-4B`` (the name the shipped workflows use), a tiny stand-in matting model in
-``models/rembg/BiRefNet``, a tiny random SDXL-format checkpoint in ``models/checkpoints/`` and an asset image as
-``input/example.png``. ComfyUI runs with its own Python (``$COMFYUI_PYTHON``, else a venv next to or inside
-``$COMFYUI_DIR``); only the process started here is stopped.
+``models/rembg/BiRefNet``, a tiny random SDXL-format checkpoint in ``models/checkpoints/``, an asset image as
+``input/example.png`` and a small UV-mapped GLB as ``input/3d/mesh.glb`` (the texturing workflow's mesh). ComfyUI
+runs with its own Python (``$COMFYUI_PYTHON``, else a venv next to or inside ``$COMFYUI_DIR``); only the process
+started here is stopped.
 """
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ def tiny_sdxl(comfy_dir: Path, python: str) -> Path:
     return path
 
 
+def tiny_pipeline() -> Path:
+    """The tiny golden pipeline; its texturing copy (same checkpoints + the shape encoder and
+    texturing_pipeline.json, like the TRELLIS.2-4B folder) when present, so the texturing workflow runs too."""
+    texturing = SHARED / "golden" / "texturing" / "tiny-pipeline"
+    return texturing if (texturing / "texturing_pipeline.json").is_file() else SHARED / "golden" / "tiny-pipeline"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,6 +67,8 @@ class ComfyServer:
     """A ComfyUI server process on ``base`` (see module docstring); ``.url``, ``.get``, ``.post``, ``.queue``."""
 
     def __init__(self, comfy_dir: Path, base: Path, pack_name: str = "trellis2-comfy") -> None:
+        from tests.tools.meshes import uv_mesh
+        from tests.workflows.make_workflows import MESH
         from tests.workflows.tiny_matting import make_tiny_matting
 
         self.comfy_dir, self.base, self.pack_name = comfy_dir, base, pack_name
@@ -66,11 +76,12 @@ class ComfyServer:
         for sub in ("custom_nodes", "models/trellis2", "models/checkpoints", "input", "output", "user"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         (base / "custom_nodes" / pack_name).symlink_to(ROOT, target_is_directory=True)
-        (base / "models" / "trellis2" / "TRELLIS.2-4B").symlink_to(SHARED / "golden" / "tiny-pipeline",
-                                                                   target_is_directory=True)
+        (base / "models" / "trellis2" / "TRELLIS.2-4B").symlink_to(tiny_pipeline(), target_is_directory=True)
         make_tiny_matting(base / "models" / "rembg" / "BiRefNet")
         (base / "models" / "checkpoints" / SDXL_NAME).symlink_to(tiny_sdxl(comfy_dir, self.python))
         shutil.copy(SHARED / "assets" / "images" / "T.png", base / "input" / "example.png")
+        (base / "input" / MESH).parent.mkdir(parents=True, exist_ok=True)
+        uv_mesh().export(base / "input" / MESH)  # the texturing workflow's mesh (a UV-mapped GLB)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"

@@ -28,6 +28,8 @@ pytestmark = pytest.mark.comfyui
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"steps": 1, "resolution": "512", "texture_size": 512, "target_faces": 20000}
 SDXL = {"EmptyLatentImage": {"width": 256, "height": 256}, "KSampler": {"steps": 4}}
+# a CPU cannot convert and encode a mesh at the 1024 grid in reasonable time: the texturing graph runs at 128
+TEXTURING = {"Trellis2EncodeMesh": {"resolution": 128}}
 
 
 def artifacts_dir() -> Path:
@@ -88,9 +90,11 @@ def adjust(prompt: dict) -> dict:
     fast = os.environ.get("TRELLIS2_COMFY_FAST") == "1"
     for node in prompt.values():
         node["inputs"].update(SDXL.get(node["class_type"], {}))
+        node["inputs"].update(TEXTURING.get(node["class_type"], {}))
         if fast and node["class_type"].startswith("Trellis2"):
             for k, v in FAST.items():
-                if k in node["inputs"] and not isinstance(node["inputs"][k], list):
+                if k in node["inputs"] and not isinstance(node["inputs"][k], list) and \
+                        k not in TEXTURING.get(node["class_type"], {}):
                     node["inputs"][k] = v
     return prompt
 
@@ -134,10 +138,30 @@ def test_workflow_runs_through_prompt_to_a_glb(comfy, page, path):
         expected |= set(core)
     assert new == expected
     check_glb(comfy.base / "output" / rel)
+    if path.stem == "trellis2_texture_mesh":
+        check_textured_mesh(comfy, entry, rel)
     status, ctype, body = comfy.get(f"/view?filename={files[0]['filename']}&subfolder={files[0]['subfolder']}"
                                     "&type=output", raw=True)
     assert status == 200 and body[:4] == b"glTF"
     print(f"{path.stem}: {rel} in {time.time() - started:.0f} s")
+
+
+def check_textured_mesh(comfy, entry: dict, rel: Path) -> None:
+    """The texturing workflow's GLB: the input mesh's vertices, faces and UVs bit for bit, valid per the Khronos
+    validator, and core Preview 3D took its path (its ui ``result`` is what the frontend viewer loads)."""
+    import numpy as np
+    import trimesh
+
+    from tests.tools.glb_checks import assert_valid_glb
+    from tests.workflows.make_workflows import MESH
+
+    a = trimesh.load(comfy.base / "input" / MESH, process=False, force="mesh")
+    b = trimesh.load(comfy.base / "output" / rel, process=False, force="mesh")
+    assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.faces, b.faces)
+    assert np.array_equal(a.visual.uv, b.visual.uv)
+    previews = [out["result"] for out in entry["outputs"].values() if "result" in out]
+    assert [p[0] for p in previews] == [rel.as_posix()], previews
+    assert_valid_glb(comfy.base / "output" / rel, 2048)
 
 
 def test_changing_export_settings_reuses_every_cached_stage(comfy, page):
@@ -192,3 +216,44 @@ def test_widget_renders_in_comfyui(comfy, page):
     ours = [c for c in page.console if "trellis2" in c.lower() and ("error" in c.lower() or "exception" in c)]
     assert not ours, ours
     assert "faces" in text and shot.stat().st_size > 10_000
+
+
+def test_core_preview3d_loads_the_textured_glb(comfy, page):
+    """Queued from the real frontend, the texturing workflow's core Preview 3D node takes Bake onto Mesh's path and
+    its three.js viewer fetches that GLB from the output folder."""
+    if page is None:
+        pytest.skip("Chromium is not installed")
+    ui = json.loads(next(p for p in FILES if p.stem == "trellis2_texture_mesh").read_text())
+    for node in ui["nodes"]:
+        if node["type"] == "Trellis2EncodeMesh":  # the CPU grid of adjust(), and a new seed so nothing is cached
+            node["widgets_values"][:2] = [TEXTURING["Trellis2EncodeMesh"]["resolution"], 7]
+            node.get("widgets_values_named", {}).update(resolution=node["widgets_values"][0], seed=7)
+    page.navigate(comfy.url + "/")
+    page.wait_for("!!(window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app.graph)")
+    time.sleep(2)
+    page.evaluate("window.comfyAPI.app.app.loadGraphData(%s)" % json.dumps(ui))
+    # the page load alone fills the default 250-entry resource timing buffer: empty it, then record every request
+    page.evaluate("(() => { performance.clearResourceTimings(); performance.setResourceTimingBufferSize(100000); "
+                  "return true })()")
+    page.evaluate("window.comfyAPI.app.app.queuePrompt(0, 1)")
+    shown = page.wait_for("(() => { const n = window.comfyAPI.app.app.graph._nodes.find(x => x.type === 'Preview3D');"
+                          " const f = n && n.properties['Last Time Model File']; return f && f.endsWith('.glb') ? f"
+                          " : null })()", timeout=1800)
+    assert shown.startswith("trellis2/textured_") and (comfy.base / "output" / shown).is_file()
+    name = shown.rsplit("/", 1)[1]
+    page.evaluate("(() => { const app = window.comfyAPI.app.app; const n = app.graph._nodes.find("
+                  "x => x.type === 'Preview3D'); app.canvas.ds.scale = 1.0; app.canvas.centerOnNode(n); "
+                  "app.canvas.setDirty(true, true); return true })()")  # the viewer loads once it is on screen
+    fetched = "performance.getEntriesByType('resource').filter(r => r.name.includes('%s'))" % name
+    try:
+        statuses = page.wait_for("(() => { const e = %s; return e.length ? e.map(r => r.responseStatus) : null })()"
+                                 % fetched, timeout=120)
+    except TimeoutError:
+        seen = page.evaluate("performance.getEntriesByType('resource').map(r => r.name).filter(n => "
+                             "n.includes('view') || n.includes('.glb'))")
+        raise AssertionError(f"core Preview 3D did not fetch {shown}; requests seen: {seen[-10:]}") from None
+    assert 200 in statuses, statuses
+    time.sleep(3)
+    page.screenshot(artifacts_dir() / "comfyui_preview3d_textured.png")
+    failed = [c for c in page.console if "failed to load" in c.lower() or "gltf" in c.lower() and "error" in c]
+    assert not failed, failed

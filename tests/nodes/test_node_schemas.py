@@ -104,7 +104,7 @@ def test_seed_widgets_only_where_meant():
 
 def test_output_nodes_are_the_preview_nodes():
     outs = {k for k, c in ITEMS if getattr(c, "OUTPUT_NODE", False)}
-    assert outs == {"Trellis2ExportGLB", "Trellis2ImageTo3D", "Trellis2PreviewGLB"}
+    assert outs == {"Trellis2ExportGLB", "Trellis2ImageTo3D", "Trellis2PreviewGLB", "Trellis2BakeOntoMesh"}
     js = (NODES_DIR.parent / "web" / "trellis2_preview.js").read_text()
     for node_id in outs:
         assert f'"{node_id}"' in js, f"the preview widget is not attached to {node_id}"

@@ -27,6 +27,17 @@ def require_tiny_pipeline() -> Path:
     return TINY_PIPELINE
 
 
+def loaded_tiny_pipeline():
+    """The tiny golden pipeline with every model loaded up front (so one-time loading is not timed per image)."""
+    from trellis2_core.pipeline.pipeline import Pipeline
+
+    pipeline = Pipeline.from_pretrained(require_tiny_pipeline(), offline=True)
+    for key in pipeline.models.keys:
+        pipeline.models(key)
+    assert pipeline.image_cond_model is not None
+    return pipeline
+
+
 def asset_images() -> list[Path]:
     if not ASSETS.is_dir():
         return []

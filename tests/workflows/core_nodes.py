@@ -19,6 +19,7 @@ from PIL import Image
 __all__ = ["CORE_SCHEMAS", "CORE_OUTPUTS", "CORE_OUTPUT_NODES", "SAMPLERS", "SCHEDULERS", "make_core_stubs"]
 
 _MAX = 0xFFFFFFFFFFFFFFFF
+PREVIEW3D_TYPES = "STRING,FILE_3D_GLB,FILE_3D_GLTF,FILE_3D_FBX,FILE_3D_OBJ,FILE_3D_STL,FILE_3D_USDZ,FILE_3D"
 SAMPLERS = ["euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
             "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
             "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
@@ -50,13 +51,18 @@ CORE_SCHEMAS: dict[str, dict[str, Any]] = {
     # SaveGLB: the frontend adds its 3D viewer widget 'image' after filename_prefix (the backend ignores it)
     "SaveGLB": {"required": {"mesh": ("MESH",), "filename_prefix": ("STRING", {"default": "mesh/ComfyUI"})},
                 "optional": {"image": ("STRING", {"default": ""})}},
+    # Preview3D (ComfyUI 0.33.0, V3): model_file takes a path string or a 3D file object; the frontend adds its
+    # viewer widget 'image' after it (the backend ignores it)
+    "Preview3D": {"required": {"model_file": (PREVIEW3D_TYPES, {"default": "", "widgetType": "STRING"})},
+                  "optional": {"camera_info": ("LOAD3D_CAMERA", {"advanced": True}),
+                               "bg_image": ("IMAGE", {"advanced": True}), "image": ("STRING", {"default": ""})}},
 }
 CORE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "LoadImage": ("IMAGE", "MASK"), "CheckpointLoaderSimple": ("MODEL", "CLIP", "VAE"),
     "CLIPTextEncode": ("CONDITIONING",), "EmptyLatentImage": ("LATENT",), "KSampler": ("LATENT",),
-    "VAEDecode": ("IMAGE",), "PreviewImage": ("IMAGE",), "SaveGLB": (),
+    "VAEDecode": ("IMAGE",), "PreviewImage": ("IMAGE",), "SaveGLB": (), "Preview3D": (),
 }
-CORE_OUTPUT_NODES = {"PreviewImage", "SaveGLB"}
+CORE_OUTPUT_NODES = {"PreviewImage", "SaveGLB", "Preview3D"}
 
 
 def _stub(name: str, function) -> type:
@@ -89,6 +95,11 @@ def make_core_stubs(input_dir: Path, sdxl_picture: Image.Image, calls: dict[str,
         record("SaveGLB", vertices=tuple(mesh.vertices.shape), faces=tuple(mesh.faces.shape))
         return {"ui": {"3d": []}, "result": ()}
 
+    def preview_3d(model_file: Any, image: str = "", **_: Any) -> dict:
+        """Like core Preview3D with a path: the file must lie in the output folder (the frontend loads it there)."""
+        record("Preview3D", model_file=model_file, exists=(input_dir.parent / "output" / str(model_file)).is_file())
+        return {"ui": {"result": [model_file, None, None]}, "result": ()}
+
     def preview(images: Any) -> dict:
         record("PreviewImage", shape=tuple(images.shape))
         return {"ui": {"images": []}, "result": ()}
@@ -103,5 +114,6 @@ def make_core_stubs(input_dir: Path, sdxl_picture: Image.Image, calls: dict[str,
         "VAEDecode": vae_decode,
         "PreviewImage": preview,
         "SaveGLB": save_glb,
+        "Preview3D": preview_3d,
     }
     return {name: _stub(name, fn) for name, fn in functions.items()}

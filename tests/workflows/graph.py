@@ -42,6 +42,8 @@ def _is_widget(spec: tuple) -> bool:
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     if opts.get("forceInput"):
         return False
+    if opts.get("widgetType") in _WIDGET_TYPES:  # V3 multi-type inputs (core Preview3D's model_file)
+        return True
     return isinstance(kind, (list, tuple)) or kind in _WIDGET_TYPES
 
 

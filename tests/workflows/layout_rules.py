@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from tests.workflows.graph import FRONTEND_ONLY, widget_slots
 
 __all__ = ["TITLE_H", "GAP", "Box", "node_box", "group_box", "group_title_h", "min_size", "note_min_height",
-           "PREVIEW_H", "text_width"]
+           "PREVIEW_H", "FIXED_MIN", "text_width"]
 
 ROOT = Path(__file__).resolve().parents[2]
 TITLE_H = 30  # LiteGraph.NODE_TITLE_HEIGHT
@@ -29,7 +29,8 @@ WIDGETS_PAD = 8
 BODY_PAD = 6
 MULTILINE_H = 54
 MIN_W = 210
-CHAR_W = 7.0  # average width of a 14 px UI-font character
+CHAR_W = 7.0  # average width of a 14 px UI-font character (lower case, digits, punctuation)
+CAP_W = 9.0  # of a capital
 GAP = 30  # the least free space between two node boxes (room for the source badge above a title)
 
 
@@ -44,6 +45,8 @@ def _preview_nodes() -> set[str]:
     return set(re.findall(r'"(Trellis2\w+)"', re.search(r"NODE_TYPES = new Set\(\[([^\]]*)\]", js).group(1)))
 
 
+VIEWER_WIDGETS = {("SaveGLB", "image"), ("Preview3D", "image")}  # core's 3D viewer: counted in PREVIEW_H / FIXED_MIN
+FIXED_MIN = {"Preview3D": (400, 550)}  # core's Preview 3D asks for at least this (its viewer)
 # the body area each node type draws below its widgets (a DOM widget adds 4 units of spacing)
 PREVIEW_H: dict[str, int] = {
     "LoadImage": 224,  # the loaded picture (frontend minimum 220 + 4)
@@ -98,7 +101,8 @@ def group_box(group: Mapping[str, Any]) -> Box:
 
 
 def text_width(text: str) -> float:
-    return len(text) * CHAR_W
+    """Width of ``text`` in the frontend's UI font: capitals are wider (fitted to titles measured in Chromium)."""
+    return sum(CAP_W if c.isupper() else CHAR_W for c in text)
 
 
 def _spec_opts(spec: tuple) -> dict:
@@ -113,12 +117,10 @@ def min_size(node: Mapping[str, Any], schema: Mapping[str, Any], outputs: tuple[
     if node["type"] in FRONTEND_ONLY:
         width = MIN_W
         return width, note_min_height(str((node.get("widgets_values") or [""])[0]), node["size"][0])
-    slots = widget_slots(schema)
-    if node["type"] == "SaveGLB":  # its 'image' slot is the 3D viewer, counted in PREVIEW_H
-        slots = [s for s in slots if s.name != "image"]
+    slots = [s for s in widget_slots(schema) if (node["type"], s.name) not in VIEWER_WIDGETS]
     widget_names = {s.name for s in slots}
     sockets = [name for section in ("required", "optional") for name in (schema.get(section) or {})
-               if name not in widget_names and not (node["type"] == "SaveGLB" and name == "image")]
+               if name not in widget_names and (node["type"], name) not in VIEWER_WIDGETS]
     height = SLOT_H * max(len(sockets), len(outputs)) + BODY_PAD
     if slots:
         height += WIDGETS_PAD + sum(MULTILINE_H if _spec_opts(s.spec).get("multiline") else WIDGET_ROW
@@ -135,7 +137,8 @@ def min_size(node: Mapping[str, Any], schema: Mapping[str, Any], outputs: tuple[
         left = sockets[k] if k < len(sockets) else ""
         right = out_labels[k] if k < len(out_labels) else ""
         width = max(width, text_width(left) + text_width(right) + 60)
-    return width, height
+    fixed_w, fixed_h = FIXED_MIN.get(node["type"], (0, 0))
+    return max(width, fixed_w), max(height, fixed_h)
 
 
 NOTE_LINE_H = 18

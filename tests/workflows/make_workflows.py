@@ -28,6 +28,7 @@ SOURCE = "microsoft/TRELLIS.2-4B"
 IMAGE = "example.png"  # ships in every ComfyUI input/ folder; replace it with your picture
 SDXL = "sd_xl_base_1.0.safetensors"
 SEED = 42
+MESH = "3d/mesh.glb"  # the user's mesh, uploaded through Load Mesh (ComfyUI's input/3d folder)
 
 
 def _sampler(stage: str) -> dict[str, Any]:
@@ -136,8 +137,29 @@ def low_vram() -> dict[str, Any]:
     return graph
 
 
+def texture_mesh() -> dict[str, Any]:
+    """A user's mesh + a reference image → the same mesh with TRELLIS.2 PBR textures, shown in core Preview 3D."""
+    return {
+        "1": _node("LoadImage", "Load Image (reference picture of the object)", image=IMAGE),
+        "2": _node("Trellis2RemoveBackground", "Remove Background", image=["1", 0], mask=["1", 1], method="auto",
+                   max_size=1024, invert_mask=False, matting_model="ZhengPeng7/BiRefNet"),
+        "3": _loader(),
+        "4": _node("Trellis2EncodeImage", "Encode Image (DINOv3)", pipeline=["3", 0], image=["2", 0],
+                   mask=["2", 1], resolutions="512 and 1024", preprocess=True),
+        "5": _node("Trellis2LoadMesh", "Load Mesh (your GLB/OBJ/PLY, one object)", mesh_file=MESH),
+        "6": _node("Trellis2EncodeMesh", "Encode Mesh", pipeline=["3", 0], mesh=["5", 0], resolution=1024,
+                   seed=SEED),
+        "7": _node("Trellis2SampleMaterial", "Sample Material", pipeline=["3", 0], conditioning=["4", 0],
+                   shape=["6", 0], stage_seed=0, **_sampler("tex")),
+        "8": _node("Trellis2BakeOntoMesh", "Bake onto Mesh", pipeline=["3", 0], material=["7", 0], mesh=["5", 0],
+                   filename_prefix="trellis2/textured", texture_size=2048, unwrap="auto", texture_format="png",
+                   double_sided=True),
+        "9": _node("Preview3D", "Core Preview 3D", model_file=["8", 0]),
+    }
+
+
 WORKFLOWS = {"trellis2_simple": simple, "trellis2_staged": staged, "trellis2_sdxl_text_to_3d": sdxl,
-             "trellis2_low_vram": low_vram}
+             "trellis2_low_vram": low_vram, "trellis2_texture_mesh": texture_mesh}
 
 # -------------------------------------------------------------------------------------------------- layout
 @dataclass(frozen=True)
@@ -165,6 +187,11 @@ PLANS: dict[str, tuple[tuple[Group, ...], ...]] = {  # rows of groups, top to bo
     "trellis2_low_vram": (tuple(
         Group(g.title, tuple(tuple(i for i in col if i not in ("13", "14")) for col in g.columns), g.color)
         for g in _STAGED_GROUPS),),
+    "trellis2_texture_mesh": ((
+        Group("1 · Picture", (("1", "2", "4"),), BLUE),
+        Group("2 · Model and your mesh", (("note:texture_start", "3", "5", "6"),), PURPLE),
+        Group("3 · Texture and bake", (("7", "note:texture_out"), ("8", "9")), YELLOW),
+    ),),
     "trellis2_sdxl_text_to_3d": (
         (Group("1 · SDXL paints the picture", (("1", "4"), ("2", "3"), ("5", "6"), ("7",)), BLUE),),
         (Group("2 · TRELLIS.2 turns it into a textured GLB", (("note:sdxl", "note:sdxl_3d", "9"), ("8",), ("10",)),
@@ -218,6 +245,20 @@ NOTES = {  # key: (title, Markdown text)
         "The matting model (`ZhengPeng7/BiRefNet`, downloaded once) cuts the object out; **Image to 3D** writes "
         "`output/trellis2/sdxl_00001_.glb`. On a 6–12 GB GPU set `vram_preset` to `low`."),
 }
+NOTES.update({
+    "texture_start": (
+        "Start here",
+        "1. **Load Image**: a picture of the object (one object; a transparent PNG works best).\n"
+        "2. **Load Mesh**: upload your GLB/OBJ/PLY (one object; it goes to `input/3d`).\n"
+        "3. Queue.\n"
+        "\n"
+        "Encode Mesh's `resolution`: 512 / 1024 / 1536 (detail vs. time); `stage_seed` 0 = the official texturing "
+        "run."),
+    "texture_out": (
+        "Output",
+        "**Bake onto Mesh** writes `output/trellis2/textured_00001_.glb`: your mesh's vertices, faces, UVs and "
+        "placement with PBR textures (a mesh without UVs is unwrapped). **Core Preview 3D** shows it."),
+})
 NOTE_FOR = {"trellis2_low_vram": {"note:staged_start": "note:low_vram_start",
                                   "note:staged_export": "note:low_vram_export"}}
 NODE_W = 300

@@ -12,10 +12,11 @@ import pytest
 from tests.workflows.core_nodes import CORE_OUTPUTS, CORE_SCHEMAS
 
 TARBALLS = sorted((Path(__file__).resolve().parents[3] / "shared" / "comfyui").glob("ComfyUI-0.33.0-*.tar.gz"))
-SOURCES = ("nodes.py", "comfy_extras/nodes_save_3d.py")
-FRONTEND_WIDGETS = {("SaveGLB", "image")}  # the 3D viewer the frontend adds; not in the backend schema
+SOURCES = ("nodes.py", "comfy_extras/nodes_save_3d.py", "comfy_extras/nodes_load_3d.py")
+V3_SOURCES = SOURCES[1:]
+FRONTEND_WIDGETS = {("SaveGLB", "image"), ("Preview3D", "image")}  # the frontend's 3D viewer, not in the backend
 V3_TYPES = {"Mesh": "MESH", "String": "STRING", "Int": "INT", "Float": "FLOAT", "Boolean": "BOOLEAN",
-            "Image": "IMAGE", "Combo": "COMBO"}
+            "Image": "IMAGE", "Combo": "COMBO", "Load3DCamera": "LOAD3D_CAMERA"}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,8 @@ def _legacy(classes: dict[str, ast.ClassDef], name: str) -> tuple[list[tuple[str
 
 
 def _v3_input(call: ast.Call) -> tuple[str, str]:
-    """IO.<Type>.Input("name", ...) → (name, TYPE); IO.MultiType.Input(<first>, types=[...]) → the first's."""
+    """IO.<Type>.Input("name", ...) → (name, TYPE); IO.MultiType.Input(<first>, types=[...]) → the first's
+    (our table may list the other accepted types after it, comma-separated)."""
     kind = call.func.value.attr
     if kind == "MultiType":
         return _v3_input(call.args[0])
@@ -93,7 +95,7 @@ def _v3(classes: dict[str, ast.ClassDef], name: str) -> tuple[list[tuple[str, st
 
 def _ours(name: str) -> list[tuple[str, str]]:
     schema = CORE_SCHEMAS[name]
-    return [(k, "COMBO" if isinstance(spec[0], (list, tuple)) else spec[0])
+    return [(k, "COMBO" if isinstance(spec[0], (list, tuple)) else spec[0].split(",")[0])
             for section in ("required", "optional") for k, spec in (schema.get(section) or {}).items()
             if (name, k) not in FRONTEND_WIDGETS]
 
@@ -104,6 +106,7 @@ def test_core_table_matches_comfyui_source(core_source, name):
     if name in legacy:
         inputs, outputs = _legacy(legacy, name)
     else:
-        inputs, outputs = _v3(_classes(core_source["comfy_extras/nodes_save_3d.py"]), name)
+        module = next(core_source[m] for m in V3_SOURCES if name in _classes(core_source[m]))
+        inputs, outputs = _v3(_classes(module), name)
     assert _ours(name) == inputs, f"{name}: inputs in ComfyUI 0.33.0 are {inputs}"
     assert CORE_OUTPUTS[name] == outputs, f"{name}: outputs in ComfyUI 0.33.0 are {outputs}"

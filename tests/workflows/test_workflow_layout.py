@@ -119,9 +119,10 @@ def test_notes_explain_what_to_set(path):
     assert notes, f"{path.stem}: no note"
     texts = [str((n.get("widgets_values") or [""])[0]) for n in notes]
     assert all(t.strip() for t in texts)
-    loaders = [n for n in ui["nodes"] if n["type"] in ("LoadImage", "CheckpointLoaderSimple")]
+    loaders = [n for n in ui["nodes"] if n["type"] in ("LoadImage", "CheckpointLoaderSimple", "Trellis2LoadMesh")]
     for node in loaders:  # a user-file widget whose default the user must change is named in a note
-        assert any(node.get("title", node["type"]) in t for t in texts), \
+        name = node.get("title", node["type"]).split(" (")[0]
+        assert any(name in t for t in texts), \
             f"{path.stem}: no note says what to set in {_label(node)}"
     for node in ui["nodes"]:
         if node["type"] not in FRONTEND_ONLY:

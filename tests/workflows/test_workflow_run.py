@@ -11,28 +11,37 @@ import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
+import trimesh
 from PIL import Image
 
 from nodes import NODE_CLASS_MAPPINGS
+from tests.tools.meshes import uv_mesh
 from tests.workflows.core_nodes import make_core_stubs
 from tests.workflows.graph import Executor, ui_to_api
+from tests.workflows.make_workflows import MESH
 from tests.workflows.test_workflow_files import FILES, schemas
 from tests.workflows.tiny_matting import make_tiny_matting
 
 ASSETS = Path(__file__).resolve().parents[2].parent / "shared" / "assets" / "images"
 FAST = {"steps": 1, "resolution": "512", "texture_size": 256, "target_faces": 1000, "resolutions": "512 only"}
+FAST_BY_NODE = {"Trellis2EncodeMesh": {"resolution": 64}}  # the texturing grid is an INT
 
 
-def fast(prompt: dict, tiny: Path) -> dict:
-    """The same graph with CPU-test settings (constant widget inputs only; links stay)."""
+def fast(prompt: dict, tiny: Path, tiny_texturing: Path | None = None) -> dict:
+    """The same graph with CPU-test settings (constant widget inputs only; links stay); a texturing graph runs on
+    the tiny texturing pipeline (the tiny pipeline plus the shape encoder and texturing_pipeline.json)."""
     prompt = json.loads(json.dumps(prompt))
+    texturing = any(n["class_type"] == "Trellis2EncodeMesh" for n in prompt.values())
+    if texturing and (tiny_texturing is None or not (tiny_texturing / "texturing_pipeline.json").is_file()):
+        pytest.skip(f"tiny texturing pipeline not found at {tiny_texturing}")
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] == "Trellis2LoadModel":
-            inputs.update(custom_source=str(tiny), device="cpu", precision="float32")
+            inputs.update(custom_source=str(tiny_texturing if texturing else tiny), device="cpu", precision="float32")
         if node["class_type"].startswith("Trellis2"):
-            for key, value in FAST.items():
+            for key, value in {**FAST, **FAST_BY_NODE.get(node["class_type"], {})}.items():
                 if key in inputs and not isinstance(inputs[key], list):
                     inputs[key] = value
     return prompt
@@ -62,15 +71,19 @@ def env(golden_dir, tmp_path_factory):
     picture = Image.new("RGBA", obj.size, (255, 255, 255, 255))
     picture.alpha_composite(obj)
     make_tiny_matting(root / "models" / "rembg" / "BiRefNet")
+    (root / "input" / MESH).parent.mkdir(parents=True)
+    uv_mesh().export(root / "input" / MESH)  # the user's mesh of the texturing workflow
     calls: dict[str, list] = {}
     classes = dict(NODE_CLASS_MAPPINGS)
     classes.update(make_core_stubs(root / "input", picture.convert("RGB"), calls))
-    return {"root": root, "tiny": tiny, "executor": Executor(classes), "calls": calls}
+    return {"root": root, "tiny": tiny, "tiny_texturing": golden_dir / "texturing" / "tiny-pipeline",
+            "executor": Executor(classes), "calls": calls}
 
 
 @pytest.fixture()
 def comfy_dirs(env, monkeypatch):
     monkeypatch.setenv("TRELLIS2_OUTPUT_DIR", str(env["root"] / "output"))
+    monkeypatch.setenv("TRELLIS2_INPUT_DIR", str(env["root"] / "input"))
     monkeypatch.setenv("TRELLIS2_MODELS_DIR", str(env["root"] / "models"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return env
@@ -83,7 +96,7 @@ def _glbs(root: Path) -> set[Path]:
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_workflow_runs_to_a_glb(path, comfy_dirs):
     env = comfy_dirs
-    prompt = fast(ui_to_api(json.loads(path.read_text()), schemas()), env["tiny"])
+    prompt = fast(ui_to_api(json.loads(path.read_text()), schemas()), env["tiny"], env["tiny_texturing"])
     before = _glbs(env["root"])
     uis = env["executor"].run(prompt)
     new = _glbs(env["root"]) - before
@@ -97,6 +110,13 @@ def test_workflow_runs_to_a_glb(path, comfy_dirs):
     if path.stem == "trellis2_staged":
         (save,) = env["calls"]["SaveGLB"][-1:]  # core SaveGLB got a core MESH [1, V, 3] / [1, F, 3]
         assert save["vertices"][0] == 1 and save["vertices"][2] == 3 and save["faces"][2] == 3
+    if path.stem == "trellis2_texture_mesh":
+        rel = glb.relative_to(env["root"] / "output").as_posix()
+        assert env["calls"]["Preview3D"][-1] == {"model_file": rel, "exists": True}  # core Preview3D got the path
+        a = trimesh.load(env["root"] / "input" / MESH, process=False, force="mesh")
+        b = trimesh.load(glb, process=False, force="mesh")
+        assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.faces, b.faces)
+        assert np.array_equal(a.visual.uv, b.visual.uv)
     if path.stem == "trellis2_sdxl_text_to_3d":
         assert env["calls"].get("VAEDecode"), "the SDXL branch ran"
 

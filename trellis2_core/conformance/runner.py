@@ -43,6 +43,9 @@ HANDLERS: dict[str, tuple[str, str]] = {
     "tex_decoder": ("cases_decoders", "run_tex_decoder"),
     "cascade": ("cases_decoders", "run_cascade"),
     "pipeline": ("cases_pipeline", "run_pipeline"),
+    "mesh_to_fdg": ("cases_texturing", "run_mesh_to_fdg"),
+    "shape_encoder": ("cases_texturing", "run_shape_encoder"),
+    "texturing": ("cases_texturing", "run_texturing"),
 }
 DEFAULT_PIPELINE_DIR = "tiny-pipeline"
 
@@ -65,6 +68,16 @@ class CaseResult:
 
     def line(self) -> str:
         return f"{self.verdict} {self.name} ({self.kind}) {self.seconds:.2f}s {self.detail}".rstrip()
+
+
+def _tolerance_rule(kind: str) -> Callable[[dict], dict] | None:
+    """The optional ``TOLERANCE_RULES[kind]`` of the kind's handler module: golden metadata → metadata whose
+    tolerances follow the golden set's README where the json only stores a rounded value."""
+    module_name = HANDLERS.get(kind, (None,))[0]
+    if module_name is None:
+        return None
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    return getattr(module, "TOLERANCE_RULES", {}).get(kind)
 
 
 def _load_handler(kind: str) -> Handler:
@@ -131,7 +144,9 @@ class Runner:
             if not isinstance(candidate, Mapping):
                 raise InputError(f"handler returned {type(candidate).__name__}, expected a dict of tensors")
             golden = {**case.inputs, **case.expected}
-            result = compare_case(golden, candidate, case.meta, aux=self.aux, near_overlap=self.near_overlap)
+            rule = _tolerance_rule(kind)
+            meta = rule(case.meta) if rule is not None else case.meta
+            result = compare_case(golden, candidate, meta, aux=self.aux, near_overlap=self.near_overlap)
             verdict, detail = result.verdict, result.summary()
         except _HandlerMissing as err:
             verdict, detail = FAIL, str(err)

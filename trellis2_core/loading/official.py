@@ -14,7 +14,8 @@ from typing import Any, Mapping
 from ..errors import InputError
 
 __all__ = ["MODEL_REFS", "SAMPLERS", "NORMALIZATIONS", "DINOV3_FULL", "DINOV3_TINY", "FULL", "TINY",
-           "pipeline_json", "model_specs"]
+           "pipeline_json", "model_specs", "ENCODER_KEY", "ENCODER_REF", "TEXTURING_MODEL_KEYS", "ENCODER_FULL",
+           "ENCODER_TINY", "encoder_spec", "texturing_pipeline_json", "TEXTURING_PIPELINE_JSON"]
 
 # pipeline.json args.models (§4.1); the SS decoder is TRELLIS v1's, stored beside the others here
 MODEL_REFS: dict[str, str] = {
@@ -132,4 +133,38 @@ def pipeline_json(*, image_cond_model: str = "facebook/dinov3-vitl16-pretrain-lv
         "image_cond_model": {"name": "DinoV3FeatureExtractor", "args": {"model_name": image_cond_model}},
         "rembg_model": {"name": "BiRefNet", "args": {"model_name": rembg_model}},
         "default_pipeline_type": default_pipeline_type,
+    }}
+
+
+# §11: the texturing pipeline (``texturing_pipeline.json``): the shape encoder plus three models of the image pipeline
+TEXTURING_PIPELINE_JSON = "texturing_pipeline.json"
+ENCODER_KEY = "shape_slat_encoder"
+ENCODER_REF = "ckpts/shape_enc_next_dc_f16c32_fp16"
+TEXTURING_MODEL_KEYS: tuple[str, ...] = (ENCODER_KEY, "tex_slat_decoder", "tex_slat_flow_model_512",
+                                         "tex_slat_flow_model_1024")
+_ENC = {"model_channels": [64, 128, 256, 512, 1024], "latent_channels": 32, "num_blocks": [0, 4, 8, 16, 4],
+        "block_type": ["SparseConvNeXtBlock3d"] * 5, "down_block_type": ["SparseResBlockS2C3d"] * 4,
+        "block_args": [{}] * 5, "use_fp16": True}
+#: (class name, args) of the shape encoder (§5.3), full size and at the tiny golden widths
+ENCODER_FULL: tuple[str, dict[str, Any]] = ("FlexiDualGridVaeEncoder", _ENC)
+ENCODER_TINY: tuple[str, dict[str, Any]] = ("FlexiDualGridVaeEncoder", {
+    **_ENC, "model_channels": [8, 16, 16, 32, 64], "num_blocks": [0, 1, 1, 1, 1], "use_fp16": False})
+
+
+def encoder_spec(size: str) -> tuple[str, dict[str, Any]]:
+    """A deep copy of :data:`ENCODER_FULL` (``size='full'``) or :data:`ENCODER_TINY` (``'tiny'``)."""
+    if size not in ("full", "tiny"):
+        raise InputError(f"size must be 'full' or 'tiny', got {size!r}")
+    return copy.deepcopy(ENCODER_FULL if size == "full" else ENCODER_TINY)
+
+
+def texturing_pipeline_json(*, image_cond_model: str = "facebook/dinov3-vitl16-pretrain-lvd1689m",
+                            rembg_model: str = "briaai/RMBG-2.0") -> dict:
+    """The official ``texturing_pipeline.json`` content (``Trellis2TexturingPipeline``; no ``low_vram`` key)."""
+    refs = {**MODEL_REFS, ENCODER_KEY: ENCODER_REF}
+    return {"name": "Trellis2TexturingPipeline", "args": {
+        "models": {key: refs[key] for key in TEXTURING_MODEL_KEYS},
+        "tex_slat_sampler": copy.deepcopy(SAMPLERS["tex_slat_sampler"]), **copy.deepcopy(NORMALIZATIONS),
+        "image_cond_model": {"name": "DinoV3FeatureExtractor", "args": {"model_name": image_cond_model}},
+        "rembg_model": {"name": "BiRefNet", "args": {"model_name": rembg_model}},
     }}

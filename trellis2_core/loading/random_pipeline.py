@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 DEMO_NAME = "demo"
 DEMO_SEED = 0
-_DEMO_VERSION = 1  # bump when the demo's content changes, so old caches are not reused
+_DEMO_VERSION = 2  # bump when the demo's content changes, so old caches are not reused
 _DINO_FOLDER = "dinov3"
 _MARKER = "random_pipeline.json"
 # The structure decoder's occupancy logit bias of the demo: with plain random weights about half of the 64³ grid
@@ -74,13 +74,14 @@ def _write_model(folder: Path, key: str, cls_name: str, args: dict[str, Any], se
                  occupancy_bias: float | None) -> None:
     from ..models import model_class
 
-    ref = official.MODEL_REFS[key]
+    ref = official.ENCODER_REF if key == official.ENCODER_KEY else official.MODEL_REFS[key]
     base = folder / ref
     base.parent.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):
         model = model_class(cls_name)(**args)
     model = model.to_empty(device="cpu").requires_grad_(False)
-    gen = torch.Generator().manual_seed(seed * 1000 + sorted(official.MODEL_REFS).index(key))
+    index = len(official.MODEL_REFS) if key == official.ENCODER_KEY else sorted(official.MODEL_REFS).index(key)
+    gen = torch.Generator().manual_seed(seed * 1000 + index)
     _randomise(model, gen)
     if key == "sparse_structure_decoder" and occupancy_bias is not None:
         model.out_layer[-1].bias.fill_(occupancy_bias)
@@ -110,6 +111,9 @@ def write_random_pipeline(folder: str | os.PathLike, *, size: str = "tiny", seed
                           occupancy_bias: float | None = None) -> Path:
     """Write a complete pipeline folder with random weights in the official layout; returns the folder.
 
+    It holds both official configs: ``pipeline.json`` (image to 3D) and ``texturing_pipeline.json`` (mesh texturing,
+    which adds the shape encoder ``ckpts/shape_enc_next_dc_f16c32_fp16``).
+
     Args:
         size: 'tiny' (the golden test widths, float32) or 'full' (the official 4B sizes and dtypes).
         seed: weights are a function of (seed, size); the same arguments give the same files.
@@ -118,11 +122,14 @@ def write_random_pipeline(folder: str | os.PathLike, *, size: str = "tiny", seed
     specs = official.model_specs(size)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    specs[official.ENCODER_KEY] = official.encoder_spec(size)
     for key, (cls_name, args) in specs.items():
         _write_model(folder, key, cls_name, args, seed, occupancy_bias)
     _write_dinov3(folder / _DINO_FOLDER, official.DINOV3_TINY if size == "tiny" else official.DINOV3_FULL, seed)
     data = official.pipeline_json(image_cond_model=_DINO_FOLDER)
     (folder / "pipeline.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+    tex = official.texturing_pipeline_json(image_cond_model=_DINO_FOLDER)
+    (folder / official.TEXTURING_PIPELINE_JSON).write_text(json.dumps(tex, indent=2), encoding="utf-8")
     marker = {"random_weights": True, "size": size, "seed": seed, "occupancy_bias": occupancy_bias,
               "torch": torch.__version__, "demo_version": _DEMO_VERSION,
               "note": "random weights: the pipeline runs for real, but its shapes and textures are noise"}

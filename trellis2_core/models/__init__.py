@@ -19,6 +19,7 @@ MODEL_CLASSES: dict[str, tuple[str, str]] = {
     "SparseStructureDecoder": ("structure_decoder", "SparseStructureDecoder"),
     "FlexiDualGridVaeDecoder": ("shape_decoder", "FlexiDualGridVaeDecoder"),
     "SparseUnetVaeDecoder": ("texture_decoder", "SparseUnetVaeDecoder"),
+    "FlexiDualGridVaeEncoder": ("shape_encoder", "FlexiDualGridVaeEncoder"),
 }
 
 

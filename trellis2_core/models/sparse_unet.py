@@ -44,6 +44,15 @@ class SparseConvNeXtBlock3d(nn.Module):
         return x.replace(out.add_(x.feats))  # the same sum as x + mlp(h), without one more [N, C] buffer
 
 
+def _check_layout(sub: Subdivision, x: SparseTensor) -> Subdivision:
+    """A given child layout must address ``x``'s rows (the encoder's grouping at the same level)."""
+    n = int(sub.parent.shape[0])
+    if sub.slot.shape != (n,) or sub.coords.shape != (n, 4) or (n and int(sub.parent.max()) >= x.num_voxels):
+        raise InputError(f"the child layout does not belong to this decoder level ({x.num_voxels} voxels); pass the "
+                         "shape encoder's layouts of the same mesh, coarse to fine")
+    return sub
+
+
 def _subdivision_mask(logits: SparseTensor | Tensor, x: SparseTensor) -> Tensor:
     """``logits > 0`` as a bool ``[N, 8]`` mask, checking that the logits belong to ``x``'s rows (§13 item 13)."""
     feats = logits.feats if isinstance(logits, SparseTensor) else logits
@@ -80,9 +89,14 @@ class SparseResBlockC2S3d(nn.Module):
         self.norm2 = LayerNorm32(out_channels, eps=1e-6, elementwise_affine=False)
         self.conv2 = SubMConv3d(out_channels, out_channels, dtype=dtype)
 
-    def subdivision(self, x: SparseTensor, subdiv: SparseTensor | Tensor | None = None
+    def subdivision(self, x: SparseTensor, subdiv: SparseTensor | Tensor | Subdivision | None = None
                     ) -> tuple[Subdivision, SparseTensor | None]:
-        """The children of ``x`` and the predicted logits (``None`` when ``subdiv`` was given)."""
+        """The children of ``x`` and the predicted logits (``None`` when ``subdiv`` was given).
+
+        ``subdiv`` may also be a ready child layout (:class:`Subdivision`): the texturing pipeline decodes onto the
+        shape encoder's voxels, in the encoder's row order (§11 step 6)."""
+        if isinstance(subdiv, Subdivision):
+            return _check_layout(subdiv, x), None
         logits = None
         if self.pred_subdiv and subdiv is None:
             logits = self.to_subdiv(x)  # §13 item 15: on the block input, before norm1; [N, 8]
@@ -92,7 +106,7 @@ class SparseResBlockC2S3d(nn.Module):
                              "decoder's subdivision logits as guide_subs")
         return subdivide(x, _subdivision_mask(subdiv, x)), logits
 
-    def forward(self, x: SparseTensor, subdiv: SparseTensor | Tensor | None = None
+    def forward(self, x: SparseTensor, subdiv: SparseTensor | Tensor | Subdivision | None = None
                 ) -> tuple[SparseTensor, SparseTensor | None]:
         """``x [N, C]`` → ``(children [M, Co], predicted logits [N, 8] or None)``."""
         sub, logits = self.subdivision(x, subdiv)
@@ -169,19 +183,22 @@ class SparseUnetVaeDecoder(nn.Module):
         w = self.from_latent.weight
         return x.replace(self.from_latent(x.feats.to(w.dtype)).to(self.dtype))  # [N, C0]
 
-    def _guide(self, guide_subs: Sequence[SparseTensor | Tensor] | None, i: int) -> SparseTensor | Tensor | None:
+    def _guide(self, guide_subs: Sequence[SparseTensor | Tensor | Subdivision] | None, i: int
+               ) -> SparseTensor | Tensor | Subdivision | None:
         if guide_subs is None:
             return None
         if len(guide_subs) != self.num_up_blocks:
             raise InputError(f"guide_subs must hold {self.num_up_blocks} subdivision tensors, got {len(guide_subs)}")
         return guide_subs[i]
 
-    def forward_with_subs(self, x: SparseTensor, guide_subs: Sequence[SparseTensor | Tensor] | None = None
+    def forward_with_subs(self, x: SparseTensor,
+                          guide_subs: Sequence[SparseTensor | Tensor | Subdivision] | None = None
                           ) -> tuple[SparseTensor, list[SparseTensor]]:
         """Decode ``x``; returns ``(raw [M, out_channels] fp32, predicted subdivision logits per up-block)``.
 
-        ``guide_subs[i]`` (logits ``[N_i, 8]`` on up-block ``i``'s input rows, binarised ``> 0``) overrides the
-        prediction; it is required when ``pred_subdiv`` is false. ``subs`` is empty when nothing was predicted.
+        ``guide_subs[i]`` (logits ``[N_i, 8]`` on up-block ``i``'s input rows, binarised ``> 0``, or a child layout
+        :class:`~trellis2_core.sparse.resample.Subdivision`) overrides the prediction; it is required when
+        ``pred_subdiv`` is false. ``subs`` is empty when nothing was predicted.
         """
         self._check_latent(x)
         h = self._embed(x)
@@ -204,7 +221,8 @@ class SparseUnetVaeDecoder(nn.Module):
                                   h.feats.shape[-1])
         return h.replace(self.output_layer(feats)), subs
 
-    def forward(self, x: SparseTensor, guide_subs: Sequence[SparseTensor | Tensor] | None = None) -> SparseTensor:
+    def forward(self, x: SparseTensor, guide_subs: Sequence[SparseTensor | Tensor | Subdivision] | None = None
+                ) -> SparseTensor:
         """Decode ``x`` → raw output ``[M, out_channels]`` (see :meth:`forward_with_subs`)."""
         return self.forward_with_subs(x, guide_subs)[0]
 
