@@ -33,6 +33,7 @@ NAMES = {  # template name → the heading on its thumbnail (Pillow's built-in f
     "trellis2_staged": ("TRELLIS.2 · Staged", "every stage as a node"),
     "trellis2_low_vram": ("TRELLIS.2 · Low VRAM", "staged, for 6-12 GB GPUs"),
     "trellis2_sdxl_text_to_3d": ("TRELLIS.2 · Text to 3D", "SDXL picture to textured GLB"),
+    "trellis2_texture_mesh": ("TRELLIS.2 · Texture your mesh", "PBR textures baked onto your own mesh"),
 }
 BACKGROUND = (30, 30, 30)
 NODE_BODY = (53, 53, 53)

@@ -45,3 +45,8 @@ def test_drawing_is_deterministic_and_follows_the_layout():
     redrawn = Image.open(io.BytesIO(thumbs.encode(thumbs.render(retitled, path.stem))))
     with Image.open(path.with_suffix(".jpg")) as shipped:
         assert thumbs.worst_block(redrawn, shipped) > thumbs.BLOCK_TOLERANCE
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_each_template_has_a_heading(path):
+    assert path.stem in thumbs.NAMES, f"add a heading for {path.stem} to NAMES in workflows/make_thumbnails.py"
