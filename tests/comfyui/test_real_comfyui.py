@@ -57,10 +57,17 @@ def page(comfy):
         yield None
         return
     with Browser(width=1600, height=1000, timeout=120) as browser:
-        browser.navigate(comfy.url + "/")
-        browser.wait_for("!!(window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app.graph)")
-        time.sleep(2)
+        open_frontend(browser, comfy.url)
         yield browser
+
+
+def open_frontend(browser, url: str) -> None:
+    """Load the frontend and wait for its start-up workflow: a graph loaded while that one is still loading gets
+    its node ids renumbered (they collide with the start-up graph's), and the frontend's prompt then differs."""
+    browser.navigate(url + "/")
+    browser.wait_for("!!(window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app.graph)")
+    browser.wait_for("window.comfyAPI.app.app.graph._nodes.length > 0", timeout=120)
+    time.sleep(1)
 
 
 def to_api(page, ui: dict) -> dict:
@@ -194,9 +201,7 @@ def test_widget_renders_in_comfyui(comfy, page):
     if page is None:
         pytest.skip("Chromium is not installed")
     ui = json.loads(next(p for p in FILES if p.stem == "trellis2_simple").read_text())
-    page.navigate(comfy.url + "/")
-    page.wait_for("!!(window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app.graph)")
-    time.sleep(2)
+    open_frontend(page, comfy.url)
     page.evaluate("window.comfyAPI.app.app.loadGraphData(%s)" % json.dumps(ui))
     page.evaluate("window.comfyAPI.app.app.queuePrompt(0, 1)")
     text = page.wait_for("(() => { const t = [...document.querySelectorAll('.t2-stats')].map(e => e.textContent)"

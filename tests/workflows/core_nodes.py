@@ -1,10 +1,11 @@
-"""The ComfyUI core nodes our workflows use: their input/output schema (as of ComfyUI 0.3.64) and CPU stand-ins.
+"""The ComfyUI core nodes our workflows use: their input/output schema (ComfyUI 0.33.0) and CPU stand-ins.
 
 Schemas follow the core ``INPUT_TYPES`` / ``RETURN_TYPES`` (names, order, types, bounds), so the workflow tests can
 check links and widget values without ComfyUI. The stand-ins let the graphs execute in-process: SDXL is replaced
 by a fixed picture (an asset image composited on white), LoadImage reads the test's input folder exactly like
 ComfyUI does (``MASK = 1 − alpha``, a 64×64 zero mask when there is no alpha). The real-ComfyUI test
-(``tests/comfyui``) runs the same workflows against the real nodes.
+(``tests/comfyui``) runs the same workflows against the real nodes; ``test_core_table.py`` checks these schemas
+against 0.33.0's source (since 0.33 Preview Image passes its images on as an output; 0.3.64 had none).
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ CORE_SCHEMAS: dict[str, dict[str, Any]] = {
 CORE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "LoadImage": ("IMAGE", "MASK"), "CheckpointLoaderSimple": ("MODEL", "CLIP", "VAE"),
     "CLIPTextEncode": ("CONDITIONING",), "EmptyLatentImage": ("LATENT",), "KSampler": ("LATENT",),
-    "VAEDecode": ("IMAGE",), "PreviewImage": (), "SaveGLB": (), "Preview3D": (), "FillHoles": ("MESH",),
+    "VAEDecode": ("IMAGE",), "PreviewImage": ("IMAGE",), "SaveGLB": (), "Preview3D": (), "FillHoles": ("MESH",),
 }
 CORE_OUTPUT_NODES = {"PreviewImage", "SaveGLB", "Preview3D"}
 

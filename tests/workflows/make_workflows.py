@@ -3,15 +3,26 @@
 ``python tests/workflows/make_workflows.py api OUT_DIR`` writes ``<name>.api.json`` for each workflow. The UI files
 in ``workflows/`` are made from them with the real ComfyUI frontend (``comfy_harness.sh to-ui API.json UI.json``,
 i.e. ``app.loadApiJson`` + ``graph.serialize``) and then laid out with ``layout`` below:
-``python tests/workflows/make_workflows.py layout UI.json`` (positions, sizes, titles, groups, notes).
-Regenerate whenever a node's inputs change; ``tests/workflows/test_workflow_files.py`` catches stale files.
+``python tests/workflows/make_workflows.py layout UI.json...`` (positions, sizes, titles, groups, notes; ``PLANS``
+below), then ``python workflows/make_thumbnails.py`` redraws the template thumbnails.
+Regenerate whenever a node's inputs change; ``tests/workflows/test_workflow_files.py`` catches stale files,
+``test_workflow_layout.py`` overlapping or too small nodes, ``test_thumbnails.py`` stale thumbnails.
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+if __name__ == "__main__":  # run as a script from the repository root: make ``tests`` and ``nodes`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.workflows.layout_rules import Box  # noqa: E402
+
+FRONTEND_ONLY_NOTES = ("Note", "MarkdownNote")
 
 SOURCE = "microsoft/TRELLIS.2-4B"
 IMAGE = "example.png"  # ships in every ComfyUI input/ folder; replace it with your picture
@@ -45,7 +56,7 @@ def _loader(preset: str = "auto") -> dict[str, Any]:
 def simple() -> dict[str, Any]:
     """Image → GLB with the one-node pipeline."""
     return {
-        "1": _node("LoadImage", "Load Image (object on transparent background, or any photo)", image=IMAGE),
+        "1": _node("LoadImage", "Load Image", image=IMAGE),
         "2": _node("Trellis2RemoveBackground", "Remove Background", image=["1", 0], mask=["1", 1], method="auto",
                    max_size=1024, invert_mask=False, matting_model="ZhengPeng7/BiRefNet"),
         "3": _loader(),
@@ -171,74 +182,239 @@ WORKFLOWS = {"trellis2_simple": simple, "trellis2_staged": staged, "trellis2_sdx
              "trellis2_mixed_core": mixed_core}
 
 # -------------------------------------------------------------------------------------------------- layout
-NOTES = {
-    "trellis2_simple": "Image → GLB in one node. Put the TRELLIS.2-4B folder in models/trellis2/ (see README), "
-                       "load your picture (a PNG with a transparent background works best) and queue.",
-    "trellis2_staged": "Every stage as a node: change a sampler or mesh setting and only the nodes after it run "
-                       "again. Shape/Material seed 0 continues the structure seed's random stream (= the official "
-                       "single-seed result).",
-    "trellis2_sdxl_text_to_3d": "SDXL makes the picture (ask for one object on a plain background), the matting "
-                                "model cuts it out, TRELLIS.2 turns it into a textured GLB.",
-    "trellis2_low_vram": "For 6–12 GB GPUs: vram_preset low streams each transformer/decoder block from RAM (≤ 4 GB "
-                         "of tensors at 1024; ComfyUI unloads its own models first), max_num_tokens 24576, 200k "
-                         "faces, 1024² textures.",
-    "trellis2_texture_mesh": "Texture YOUR mesh: upload a GLB/OBJ/PLY (one object) in Load Mesh and a picture of "
-                             "the object in Load Image, then queue. The GLB keeps the mesh's vertices, faces, UVs and "
-                             "placement (a mesh without UVs is unwrapped). Encode Mesh's resolution: 512 / 1024 / "
-                             "1536 (detail vs. time); stage_seed 0 = the official texturing run.",
-    "trellis2_mixed_core": "Next to ComfyUI's own 3D nodes: Decode Mesh's core_mesh (ComfyUI MESH) goes through "
-                           "core's Fill Holes and back into this pack's Decimate / UV Unwrap; Export GLB bakes from "
-                           "Decode Mesh's voxel output and hands its textured core_mesh to core's Save GLB.",
+@dataclass(frozen=True)
+class Group:
+    """A titled frame (``title`` None: no frame) holding columns of nodes, each listed top to bottom.
+
+    Items are API node ids or ``note:<key>`` for a MarkdownNote with ``NOTES[key]`` (title, text).
+    """
+    title: str | None
+    columns: tuple[tuple[str, ...], ...]
+    color: str = "#3f789e"
+
+
+BLUE, GREEN, YELLOW, PURPLE, CYAN = "#3f789e", "#8A8", "#b58b2a", "#88A", "#8AA"  # LiteGraph group colours
+_STAGED_GROUPS = (
+    Group("1 · Picture and model", (("note:staged_start", "1", "3"),), BLUE),
+    Group("2 · Cut out, encode", (("2", "4", "13"),), GREEN),
+    Group("3 · Sample (seeded)", (("5", "6", "7"),), YELLOW),
+    Group("4 · Mesh", (("8", "9", "10", "11", "14"),), PURPLE),
+    Group("5 · Export", (("12", "note:staged_export"),), CYAN),
+)
+PLANS: dict[str, tuple[tuple[Group, ...], ...]] = {  # rows of groups, top to bottom; groups left to right
+    "trellis2_simple": ((Group(None, (("note:simple", "1", "3"), ("2", "note:simple_out"), ("4",))),),),
+    "trellis2_staged": (_STAGED_GROUPS,),
+    "trellis2_low_vram": (tuple(
+        Group(g.title, tuple(tuple(i for i in col if i not in ("13", "14")) for col in g.columns), g.color)
+        for g in _STAGED_GROUPS),),
+    "trellis2_texture_mesh": ((
+        Group("1 · Picture", (("1", "2", "4"),), BLUE),
+        Group("2 · Model and your mesh", (("note:texture_start", "3", "5", "6"),), PURPLE),
+        Group("3 · Texture and bake", (("7", "note:texture_out"), ("8", "9")), YELLOW),
+    ),),
+    "trellis2_mixed_core": ((
+        Group("1 · Picture and model", (("note:mixed_start", "1", "3"),), BLUE),
+        Group("2 · Cut out, encode", (("2", "4"),), GREEN),
+        Group("3 · Sample (seeded)", (("5", "6", "7", "note:mixed_out"),), YELLOW),
+        Group("4 · Mesh: core Fill Holes, then ours", (("8", "9", "10", "11"),), PURPLE),
+        Group("5 · Export, core Save GLB", (("12", "13"),), CYAN),
+    ),),
+    "trellis2_sdxl_text_to_3d": (
+        (Group("1 · SDXL paints the picture", (("1", "4"), ("2", "3"), ("5", "6"), ("7",)), BLUE),),
+        (Group("2 · TRELLIS.2 turns it into a textured GLB", (("note:sdxl", "note:sdxl_3d", "9"), ("8",), ("10",)),
+               GREEN),),
+    ),
 }
-COLUMN_X = 40
-COLUMN_W = 380
+_SEEDS = ("Sample Structure's `seed` drives all three samplers; `stage_seed` = 0 continues its random stream "
+          "(the official single-seed result), another value re-rolls only that stage.")
+NOTES = {  # key: (title, Markdown text)
+    "simple": (
+        "Start here",
+        "1. **Load Image**: choose your picture: one object, ideally a PNG with a transparent background "
+        "(otherwise Remove Background cuts the object out).\n"
+        "2. **Load TRELLIS.2 Model**: `microsoft/TRELLIS.2-4B` uses `models/trellis2/TRELLIS.2-4B` when present, "
+        "else it downloads. On a 6–12 GB GPU set `vram_preset` to `low`.\n"
+        "3. Queue."),
+    "simple_out": (
+        "Result",
+        "**Image to 3D** writes `output/trellis2/simple_00001_.glb` and shows it in its 3D preview.\n"
+        "- `resolution`: `1536_cascade` for more detail, `512` for speed.\n"
+        "- `target_faces`, `texture_size`: smaller files.\n"
+        "- another `seed`: another result."),
+    "staged_start": (
+        "Start here",
+        "1. **Load Image**: choose your picture (one object; a transparent PNG works best).\n"
+        "2. **Load TRELLIS.2 Model**: on a 6–12 GB GPU set `vram_preset` to `low`.\n"
+        "3. Queue. Change a setting and queue again: only the nodes after it run again.\n"
+        "\n" + _SEEDS),
+    "low_vram_start": (
+        "Start here: for 6–12 GB GPUs",
+        "1. **Load Image**: choose your picture (one object; a transparent PNG works best).\n"
+        "2. **Load TRELLIS.2 Model** has `vram_preset` = `low`: weights stay in RAM (~16 GB), each block is "
+        "streamed to the GPU (≤ 4 GB of tensors at 1024).\n"
+        "3. Queue.\n"
+        "\n" + _SEEDS),
+    "staged_export": (
+        "Output",
+        "**Export GLB** bakes the PBR textures and writes `output/trellis2/staged_00001_.glb`. **Core Save GLB** "
+        "saves ComfyUI's own MESH from Decode Mesh: geometry only."),
+    "low_vram_export": (
+        "Output",
+        "**Export GLB** writes `output/trellis2/low_vram_00001_.glb`. Smaller than the staged example: 200k faces, "
+        "1024² textures. `max_num_tokens` (Sample Shape) caps memory for `1536_cascade` only."),
+    "sdxl": (
+        "Start here",
+        "1. **Load SDXL Checkpoint**: pick an SDXL checkpoint.\n"
+        "2. **Prompt**: ask for one whole object on a plain background.\n"
+        "3. Queue."),
+    "sdxl_3d": (
+        "Image to 3D",
+        "The matting model (`ZhengPeng7/BiRefNet`, downloaded once) cuts the object out; **Image to 3D** writes "
+        "`output/trellis2/sdxl_00001_.glb`. On a 6–12 GB GPU set `vram_preset` to `low`."),
+}
+NOTES.update({
+    "texture_start": (
+        "Start here",
+        "1. **Load Image**: a picture of the object (one object; a transparent PNG works best).\n"
+        "2. **Load Mesh**: upload your GLB/OBJ/PLY (one object; it goes to `input/3d`).\n"
+        "3. Queue.\n"
+        "\n"
+        "Encode Mesh's `resolution`: 512 / 1024 / 1536 (detail vs. time); `stage_seed` 0 = the official texturing "
+        "run."),
+    "texture_out": (
+        "Output",
+        "**Bake onto Mesh** writes `output/trellis2/textured_00001_.glb`: your mesh's vertices, faces, UVs and "
+        "placement with PBR textures (a mesh without UVs is unwrapped). **Core Preview 3D** shows it."),
+})
+NOTES.update({
+    "mixed_start": (
+        "Start here",
+        "1. **Load Image**: choose your picture (one object; a transparent PNG works best).\n"
+        "2. **Load TRELLIS.2 Model**: on a 6–12 GB GPU set `vram_preset` to `low`.\n"
+        "3. Queue.\n"
+        "\n"
+        "This graph mixes ComfyUI's own 3D nodes with this pack's: Decode Mesh's `core_mesh` is a ComfyUI MESH."),
+    "mixed_out": (
+        "Output",
+        "**Core Fill Holes** works on Decode Mesh's `core_mesh`; this pack's **Decimate** / **UV Unwrap** take the "
+        "core MESH back; **Export GLB** bakes from Decode Mesh's `voxel` (a ComfyUI VOXEL) and writes "
+        "`output/trellis2/mixed_00001_.glb`; **Core Save GLB** saves its textured `core_mesh`."),
+})
+NOTE_FOR = {"trellis2_low_vram": {"note:staged_start": "note:low_vram_start",
+                                  "note:staged_export": "note:low_vram_export"}}
+NODE_W = 300
+WIDTHS = {"Trellis2ImageTo3D": 420, "Trellis2ExportGLB": 420, "CLIPTextEncode": 400}  # 420: the 3D preview's
+HEIGHTS = {"Trellis2ExportGLB": 560, "PreviewImage": 280, "SaveGLB": 340,
+           "CLIPTextEncode": 130, "LoadImage": 330}  # more than the content needs: room for the pictures/text
+COL_GAP, ROW_GAP, GROUP_GAP, GROUP_PAD = 50, 36, 30, 15
+GROUP_FONT = 24
+VIEW = (60, 90, 1600, 1000)  # the canvas of a 1600×1000 browser window left free by ComfyUI's bars (pixels)
+
+
+def _schema(node_type: str) -> tuple[dict, tuple[str, ...]]:
+    from nodes import NODE_CLASS_MAPPINGS
+    from tests.workflows.core_nodes import CORE_OUTPUTS, CORE_SCHEMAS
+
+    cls = NODE_CLASS_MAPPINGS.get(node_type)
+    if cls is not None:
+        return cls.INPUT_TYPES(), tuple(cls.RETURN_TYPES)
+    return CORE_SCHEMAS[node_type], CORE_OUTPUTS[node_type]
+
+
+def _note(note_id: int, title: str, text: str) -> dict[str, Any]:
+    return {"id": note_id, "type": "MarkdownNote", "title": title, "pos": [0, 0], "size": [NODE_W, 100],
+            "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [text],
+            "color": "#432", "bgcolor": "#653"}
+
+
+def _fit_view(box: Box) -> dict[str, Any]:
+    left, top, right, bottom = VIEW
+    scale = math.floor(min(1.0, 0.94 * (right - left) / box.w, 0.94 * (bottom - top) / box.h) * 100) / 100
+    ox = (left + (right - left - box.w * scale) / 2) / scale - box.x0  # screen = (canvas + offset) * scale
+    oy = (top + (bottom - top - box.h * scale) / 2) / scale - box.y0
+    return {"scale": scale, "offset": [round(ox, 1), round(oy, 1)]}
 
 
 def layout(ui: dict[str, Any], name: str) -> dict[str, Any]:
-    """Left-to-right columns in execution order, titles from the API ``_meta``, a note at the top left."""
-    by_id = {n["id"]: n for n in ui["nodes"]}
-    links = {lk[0]: lk for lk in ui["links"]}
-    depth: dict[int, int] = {}
+    """Place the nodes by ``PLANS[name]`` (groups in rows, columns of nodes), titles from the API definition,
+    notes from ``NOTES``; sizes at least what each node's widgets need. Idempotent: old notes/groups are replaced."""
+    from tests.workflows.layout_rules import TITLE_H, min_size, node_box, note_min_height
 
-    def level(nid: int) -> int:
-        if nid not in depth:
-            ins = [links[i["link"]][1] for i in by_id[nid].get("inputs", []) if i.get("link") is not None]
-            depth[nid] = 1 + max((level(s) for s in ins), default=-1)
-        return depth[nid]
-
+    api = WORKFLOWS[name]()
+    ui["nodes"] = [n for n in ui["nodes"] if n["type"] not in FRONTEND_ONLY_NOTES]
+    by_id = {str(n["id"]): n for n in ui["nodes"]}
+    assert {k: v["class_type"] for k, v in api.items()} == {k: n["type"] for k, n in by_id.items()}, \
+        f"{name}: the UI file's nodes are not the definition's: convert it again"
+    plan = PLANS[name]
+    placed = [i for row in plan for g in row for col in g.columns for i in col if not i.startswith("note:")]
+    assert sorted(placed) == sorted(by_id), f"{name}: the plan must place every node once"
     for node in ui["nodes"]:  # shipped examples are reproducible: seeds stay fixed after a run
+        node["title"] = api[str(node["id"])]["_meta"]["title"]
         values = node.get("widgets_values")
         if isinstance(values, list):
             node["widgets_values"] = ["fixed" if v == "randomize" else v for v in values]
-    rows: dict[int, int] = {}
-    for nid in sorted(by_id, key=lambda k: (level(k), k)):
-        col = level(nid)
-        node = by_id[nid]
-        y = rows.get(col, 140)
-        node["pos"] = [0, y]  # x once every column's width is known
-        w, h = node.get("size", [COLUMN_W, 200])
-        node["size"] = [max(w, COLUMN_W - 40), h]
-        if node["type"] in ("Trellis2ExportGLB", "Trellis2ImageTo3D", "Trellis2BakeOntoMesh"):
-            node["size"] = [440, max(h, 640)]  # room for the 3D preview widget
-        elif node["type"] == "Preview3D":
-            node["size"] = [COLUMN_W + 20, 550]  # core's 3D viewer asks for at least 400 × 550
-        elif node["type"] in ("PreviewImage", "SaveGLB"):
-            node["size"] = [COLUMN_W - 40, 360]  # room for the image / core 3D viewer
-        rows[col] = y + node["size"][1] + 60
-    x, widths = COLUMN_X, {}
-    for nid, node in by_id.items():
-        widths[level(nid)] = max(widths.get(level(nid), COLUMN_W), node["size"][0])
-    starts = {}
-    for col in sorted(widths):  # a column starts 40 px right of the widest node before it (or of COLUMN_W)
-        starts[col], x = x, x + widths[col] + 40
-    for nid, node in by_id.items():
-        node["pos"][0] = starts[level(nid)]
-    note_id = max(by_id) + 1
-    ui["nodes"].append({"id": note_id, "type": "Note", "pos": [COLUMN_X, -40], "size": [COLUMN_W * 2, 120],
-                        "flags": {}, "order": len(ui["nodes"]), "mode": 0, "inputs": [], "outputs": [],
-                        "properties": {}, "widgets_values": [NOTES[name]]})
-    ui["last_node_id"] = max(ui.get("last_node_id", 0), note_id)
-    ui.setdefault("extra", {})["ds"] = {"scale": 0.7, "offset": [20, 80]}  # opening view: the first columns
+    next_id = max(int(k) for k in by_id) + 1
+    groups: list[dict[str, Any]] = []
+
+    def item_node(item: str) -> dict[str, Any]:
+        nonlocal next_id
+        if not item.startswith("note:"):
+            return by_id[item]
+        item = NOTE_FOR.get(name, {}).get(item, item)
+        note = _note(next_id, *NOTES[item.split(":", 1)[1]])
+        next_id += 1
+        ui["nodes"].append(note)
+        return note
+
+    def height(node: dict[str, Any], width: float) -> float:
+        if node["type"] == "MarkdownNote":
+            return note_min_height(node["widgets_values"][0], width) + 10
+        schema, outputs = _schema(node["type"])
+        return max(min_size(node, schema, outputs)[1], HEIGHTS.get(node["type"], 0))
+
+    def width(node: dict[str, Any]) -> float:
+        if node["type"] == "MarkdownNote":
+            return NODE_W
+        schema, outputs = _schema(node["type"])
+        return max(WIDTHS.get(node["type"], NODE_W), math.ceil(min_size(node, schema, outputs)[0] / 10) * 10)
+
+    y = 0.0
+    for row in plan:
+        x, row_bottom = 0.0, y
+        for group in row:
+            framed = group.title is not None
+            top = y + (GROUP_PAD + GROUP_FONT * 1.4 if framed else 0)
+            cx, bottom = x + (GROUP_PAD if framed else 0), top
+            for column in group.columns:
+                nodes = [item_node(i) for i in column]
+                col_w = max(width(n) for n in nodes)
+                cy = top
+                for node in nodes:
+                    node["pos"] = [cx, cy + TITLE_H]
+                    node["size"] = [col_w, height(node, col_w)]
+                    cy += TITLE_H + node["size"][1] + ROW_GAP
+                bottom = max(bottom, cy - ROW_GAP)
+                cx += col_w + COL_GAP
+            right = cx - COL_GAP + (GROUP_PAD if framed else 0)
+            bottom += GROUP_PAD if framed else 0
+            if framed:
+                groups.append({"id": len(groups) + 1, "title": group.title, "bounding": [x, y, right - x, bottom - y],
+                               "color": group.color, "font_size": GROUP_FONT, "flags": {}})
+            x = right + GROUP_GAP
+            row_bottom = max(row_bottom, bottom)
+        y = row_bottom + GROUP_GAP
+    for node in ui["nodes"]:
+        node["pos"] = [round(v, 1) for v in node["pos"]]
+        node["size"] = [round(v, 1) for v in node["size"]]
+    ui["nodes"].sort(key=lambda n: n["id"])
+    ui["groups"] = groups
+    ui["last_node_id"] = max(n["id"] for n in ui["nodes"])
+    boxes = [node_box(n) for n in ui["nodes"]] + [Box(x, y, x + w, y + h) for x, y, w, h in
+                                                  (g["bounding"] for g in groups)]
+    box = boxes[0]
+    for b in boxes[1:]:
+        box = box.union(b)
+    ui.setdefault("extra", {})["ds"] = _fit_view(box)  # a template opens showing the whole graph
     return ui
 
 
@@ -249,11 +425,10 @@ def main(argv: list[str]) -> int:
         for name, make in WORKFLOWS.items():
             (out / f"{name}.api.json").write_text(json.dumps(make(), indent=1) + "\n")
         return 0
-    if len(argv) == 3 and argv[1] == "layout":
-        path = Path(argv[2])
-        ui = json.loads(path.read_text())
-        name = path.name[: -len(".json")]
-        path.write_text(json.dumps(layout(ui, name), indent=1) + "\n")
+    if len(argv) >= 3 and argv[1] == "layout":
+        for path in map(Path, argv[2:]):
+            ui = json.loads(path.read_text())
+            path.write_text(json.dumps(layout(ui, path.stem), indent=1, ensure_ascii=False) + "\n")
         return 0
     print(__doc__)
     return 2

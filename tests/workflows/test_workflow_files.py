@@ -72,6 +72,15 @@ def test_nodes_and_links(path):
         spec = dict((n, sp) for sec in ("required", "optional") for n, sp in known[d["type"]].get(sec, {}).items())
         assert entry["name"] in spec, f"{d['type']} has no input {entry['name']}"
         assert accepts(input_type(spec[entry["name"]]), kind), f"link {link_id} into {d['type']}.{entry['name']}"
+    by_id = {lk[0]: lk for lk in ui["links"]}
+    for node in ui["nodes"]:  # every link a node lists exists and ends at that node's slot
+        for slot, out in enumerate(node.get("outputs") or []):
+            for link_id in out.get("links") or []:
+                assert by_id.get(link_id, [None] * 3)[1:3] == [node["id"], slot], f"#{node['id']}: link {link_id}"
+        for slot, entry in enumerate(node.get("inputs") or []):
+            if entry.get("link") is not None:
+                assert by_id.get(entry["link"], [None] * 5)[3:5] == [node["id"], slot], \
+                    f"#{node['id']}: link {entry['link']}"
     for node in ui["nodes"]:  # required sockets must be connected (ComfyUI: required_input_missing)
         if node["type"] in FRONTEND_ONLY:
             continue
