@@ -16,7 +16,7 @@ from trellis2_core.postprocess.output_file import write_atomically
 
 from . import comfy_bridge as bridge
 from .core_io import mesh_assets, textured_core_mesh, with_voxels
-from .paths import DEFAULT_PREFIX, next_output_path
+from .paths import DEFAULT_PREFIX, filename_prefix_input, next_output_path
 from .runtime import StageProgress, comfy_errors
 from .types import CATEGORY, CORE_FILE_3D_ANY, CORE_FILE_3D_GLB, CORE_MESH, CORE_VOXEL, MESH_IN, STRING, MeshAsset
 
@@ -101,10 +101,7 @@ class Trellis2ExportGLB:
         return {"required": {
             "mesh": (MESH_IN, {"tooltip": "Mesh + PBR voxels from Decode Mesh or the mesh nodes, or ComfyUI's MESH "
                                           "(then connect voxel)."}),
-            "filename_prefix": (STRING, {"default": DEFAULT_PREFIX,
-                                         "tooltip": "File name under ComfyUI's output folder; '/' makes subfolders. "
-                                                    "'..' and absolute paths are neutralised (files stay inside "
-                                                    "output/); a counter _00001_ is appended."}),
+            "filename_prefix": filename_prefix_input(DEFAULT_PREFIX),
             **export_inputs(),
         }, "optional": {
             "remesh": ("BOOLEAN", {"default": False,

@@ -20,7 +20,7 @@ from .core_io import textured_core_mesh
 from .export import UI_KEY, export_config, export_inputs
 from .checks import check_widgets, node_title, require_asset, widget_label
 from .images import batch_size, check_image, check_mask, mask_at, to_pil
-from .paths import DEFAULT_PREFIX, next_output_path
+from .paths import DEFAULT_PREFIX, filename_prefix_input, next_output_path
 from .runtime import PipelineHandle, StageProgress, comfy_errors
 from .sample import SEED_MAX
 from .types import CATEGORY, CORE_FILE_3D_GLB, CORE_MESH, IMAGE, MASK, MESH_ASSET, PIPELINE, STRING, MeshAsset
@@ -64,9 +64,7 @@ class Trellis2ImageTo3D:
                                "slowest)."}),
                 "steps": ("INT", {"default": 12, "min": 1, "max": 200,
                                   "tooltip": "Sampler steps of every stage (official 12)."}),
-                "filename_prefix": (STRING, {"default": DEFAULT_PREFIX,
-                                             "tooltip": "File name under ComfyUI's output folder ('/' makes "
-                                                        "subfolders; '..' and absolute paths stay inside output/)."}),
+                "filename_prefix": filename_prefix_input(DEFAULT_PREFIX),
                 **export_inputs(),
             },
             "optional": {

@@ -13,12 +13,19 @@ from pathlib import Path
 
 from trellis2_core.errors import InputError
 
-__all__ = ["sanitize_prefix", "next_output_path", "OutputPath", "DEFAULT_PREFIX"]
+__all__ = ["sanitize_prefix", "next_output_path", "OutputPath", "DEFAULT_PREFIX", "filename_prefix_input"]
 
 DEFAULT_PREFIX = "trellis2/mesh"
 _UNSAFE = re.compile(r'[\x00-\x1f<>:"|?*\\]')  # control chars and what Windows forbids (\\ handled before)
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 _MAX_PART = 120
+
+
+def filename_prefix_input(default: str) -> tuple[str, dict]:
+    """The ``filename_prefix`` widget of every node that writes a file (the rules above, said in its tooltip)."""
+    return ("STRING", {"default": default,
+                       "tooltip": "File name under ComfyUI's output folder; '/' makes subfolders. '..' and absolute "
+                                  "paths are neutralised (files stay inside output/); a counter _00001_ is appended."})
 
 
 @dataclass(frozen=True)

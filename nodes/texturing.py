@@ -23,7 +23,7 @@ from trellis2_core.texturing.stages import EncodedMesh, decode_onto_mesh, encode
 from . import comfy_bridge as bridge
 from .checks import check_widgets, require_asset, widget_label
 from .export import TEXTURE_FORMATS, UI_KEY
-from .paths import next_output_path
+from .paths import filename_prefix_input, next_output_path
 from .runtime import PipelineHandle, StageProgress, comfy_errors
 from .sample import SEED_MAX
 from .types import CORE_MESH, MATERIAL, CATEGORY, PIPELINE, SHAPE, STRING, MaterialAsset, ShapeAsset
@@ -213,10 +213,7 @@ class Trellis2BakeOntoMesh:
             "material": (MATERIAL, {"tooltip": "From Sample Material, whose shape comes from Encode Mesh."}),
             "mesh": (SOURCE_MESH, {"tooltip": "From Load Mesh: the mesh Encode Mesh encoded (its geometry and UVs "
                                               "are written back unchanged)."}),
-            "filename_prefix": (STRING, {"default": DEFAULT_TEXTURED_PREFIX,
-                                         "tooltip": "File name under ComfyUI's output folder; '/' makes subfolders. "
-                                                    "'..' and absolute paths are neutralised (files stay inside "
-                                                    "output/); a counter _00001_ is appended."}),
+            "filename_prefix": filename_prefix_input(DEFAULT_TEXTURED_PREFIX),
             "texture_size": ("INT", {"default": 2048, "min": 256, "max": 8192, "step": 256,
                                      "tooltip": "Pixels per side of the base-colour and metallic-roughness textures "
                                                 "(official 2048)."}),

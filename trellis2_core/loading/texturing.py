@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import WeightsError
 from .config import PipelineConfig
 from .official import TEXTURING_MODEL_KEYS, TEXTURING_PIPELINE_JSON
-from .sources import HubMiss, hub_download, looks_like_repo_id, resolve_model_files
+from .sources import HubMiss, _local_pipeline_candidates, hub_download, looks_like_repo_id, resolve_model_files
 
 __all__ = ["resolve_texturing_config", "texturing_config_from_file", "TEXTURING_PIPELINE_JSON"]
 
@@ -34,22 +34,13 @@ def texturing_config_from_file(path: str | Path) -> PipelineConfig:
     return config
 
 
-def _candidates(source: str, models_dir: str | Path | None) -> list[Path]:
-    cands = [Path(source).expanduser()]
-    if models_dir is not None:
-        md = Path(models_dir).expanduser()
-        base = source.rstrip("/").split("/")[-1]
-        cands += [md / "trellis2" / source, md / "trellis2" / base, md / source]
-    return cands
-
-
 def resolve_texturing_config(source: str | Path, *, models_dir: str | Path | None = None,
                              offline: bool | None = None) -> PipelineConfig:
     """The texturing config of ``source``: a folder (or its ``texturing_pipeline.json``), a name under
     ``<models_dir>/trellis2``, ``demo`` (tiny random weights), or a Hugging Face repo id."""
     source_str = str(source)
     looked: list[str] = []
-    for cand in _candidates(source_str, models_dir):
+    for cand in _local_pipeline_candidates(source_str, models_dir):  # the same places as pipeline.json
         if cand.is_file() and cand.name == TEXTURING_PIPELINE_JSON:
             return texturing_config_from_file(cand)
         if (cand / TEXTURING_PIPELINE_JSON).is_file():
