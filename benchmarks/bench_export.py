@@ -101,22 +101,28 @@ def _sync(device: torch.device) -> None:
 
 
 def run_export(mesh: Mesh, voxels: PbrVoxels, faces: int, size: int, fmt: str, out: Path | None,
-               remesh: bool = False):
+               remesh: bool = False, peaks_gb: dict[str, float] | None = None):
     """One export, stage by stage; returns (timings, atlas, textures). ``closest`` times the closest-point
-    projection of every covered texel onto the original surface alone (it is also part of ``bake``)."""
+    projection of every covered texel onto the original surface alone (it is also part of ``bake``). On CUDA,
+    ``peaks_gb`` (if given) receives each stage's peak allocated memory in GB, its inputs included."""
     from trellis2_core.postprocess import (TriangleGrid, bake_pbr_textures, clean_mesh, decimate_mesh, fill_holes,
                                            remesh_narrow_band, remove_unreferenced_vertices, unwrap_uv,
                                            vertex_normals, write_glb)
     from trellis2_core.postprocess.bake import PROJECTION_RADIUS_VOXELS, project_to_surface, rasterize_positions
     device = mesh.vertices.device
     times: dict[str, float] = {}
+    cuda = device.type == "cuda"
 
     def stage(name, fn):
         _sync(device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         t = time.perf_counter()
         value = fn()
         _sync(device)
         times[name] = time.perf_counter() - t
+        if cuda and peaks_gb is not None:
+            peaks_gb[name] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
         return value
 
     original = stage("fill_holes", lambda: fill_holes(mesh))
@@ -236,8 +242,9 @@ def main() -> None:
         out = None if args.no_write else Path(tmp) / "bench.glb"
         runs = args.repeat + (1 if device.type == "cuda" else 0)
         for i in range(runs):
+            peaks: dict[str, float] = {}
             times, work, atlas, tex = run_export(mesh, voxels, args.faces, args.texture_size, args.format, out,
-                                                 remesh=args.remesh)
+                                                 remesh=args.remesh, peaks_gb=peaks)
             if device.type == "cuda" and i == 0:
                 continue  # warm-up (Triton compile, allocator)
             flipped = count_flipped(atlas.uvs, atlas.faces)
@@ -247,6 +254,8 @@ def main() -> None:
                       f"{v:.3f} |")
             total = sum(v for k, v in times.items() if not k.startswith("closest ("))
             print(f"| **total** | **{total:.3f}** |")
+            if peaks:
+                print("peak allocated GB per stage: " + ", ".join(f"{k} {v}" for k, v in peaks.items()))
             print(f"\nfaces {work.num_faces}, charts {atlas.num_charts}, atlas coverage {tex.coverage:.3f}, "
                   f"UV utilisation {atlas.utilization:.3f}, flipped UV triangles {flipped}")
         if out is not None:  # the public one-call API on the same input (includes validation and all clean-ups)
@@ -255,11 +264,19 @@ def main() -> None:
             cfg = ExportConfig(target_faces=args.faces, texture_size=args.texture_size, texture_format=args.format,
                                remesh=args.remesh)
             _sync(device)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device) / 1e9
             t = time.perf_counter()
             report = export_glb(mesh, voxels, out, cfg)
             _sync(device)
+            peak = ""
+            if device.type == "cuda":
+                peak = (f"; peak {torch.cuda.max_memory_allocated(device) / 1e9:.2f} GB allocated / "
+                        f"{torch.cuda.max_memory_reserved(device) / 1e9:.2f} GB reserved, inputs {base:.2f} GB")
             print(f"export_glb end to end: {time.perf_counter() - t:.3f} s ({report.bytes / 1e6:.1f} MB GLB, "
-                  f"coverage {report.atlas_coverage:.3f})")
+                  f"coverage {report.atlas_coverage:.3f}{peak})")
         parts = unwrap_breakdown(work, args.texture_size)
         print("unwrap parts (s): " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
         if not args.skip_xatlas:
