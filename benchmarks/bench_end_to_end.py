@@ -200,6 +200,7 @@ def run_child(args: argparse.Namespace) -> int:
             rec["faces_out"] = int(res.export.faces)
             rec["decoded_faces"] = int(res.pipeline.decoded.meshes[0].num_faces)
             rec["n_hr"] = int(res.pipeline.shape.slat.num_voxels)
+            del res  # its latents and meshes must not stay on the device across runs
             seen.add(key)
         except Exception as err:  # one failing configuration must not lose the others
             rec["error"] = f"{type(err).__name__}: {err}"
