@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import WeightsError
 from . import official
 
-__all__ = ["write_random_pipeline", "demo_pipeline", "demo_cache_dir", "DEMO_NAME", "DEMO_SEED"]
+__all__ = ["write_random_pipeline", "is_random_pipeline", "demo_pipeline", "demo_cache_dir", "DEMO_NAME", "DEMO_SEED"]
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +188,39 @@ def demo_pipeline(cache_dir: str | os.PathLike | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def is_random_pipeline(folder: str | os.PathLike, *, size: str, seed: int) -> bool:
+    """Whether ``folder`` holds a complete random pipeline written with this ``size`` and ``seed``."""
+    try:
+        marker = json.loads((Path(folder) / _MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (marker.get("size"), marker.get("seed"), marker.get("demo_version")) == (size, seed, _DEMO_VERSION) and (
+        Path(folder) / "pipeline.json").is_file()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trellis2_core.loading.random_pipeline FOLDER --size full|tiny [--seed N]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m trellis2_core.loading.random_pipeline",
+                                 description="Write a pipeline folder with RANDOM weights in the official layout "
+                                             "(benchmarks, installation checks; its outputs are noise).")
+    ap.add_argument("folder", help="folder to write (reused as it is when already complete for --size/--seed)")
+    ap.add_argument("--size", choices=("full", "tiny"), default="tiny", help="'full' ~16 GB (official sizes), "
+                    "'tiny' ~12 MB (test widths)")
+    ap.add_argument("--seed", type=int, default=0, help="weights seed (same seed, size and torch: same bytes)")
+    args = ap.parse_args(argv)
+    if args.seed < 0:
+        ap.error("--seed must be >= 0")
+    if is_random_pipeline(args.folder, size=args.size, seed=args.seed):
+        print(f"{args.folder}: complete ({args.size}, seed {args.seed}), reused")
+        return 0
+    write_random_pipeline(args.folder, size=args.size, seed=args.seed)
+    print(f"{args.folder}: written ({args.size}, seed {args.seed})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
