@@ -175,26 +175,25 @@ def bench_dits(core, specs: dict, geo, device: torch.device, args, state: dict) 
             coords = geo.lr_coords if name == "shape_lr" else geo.hr_coords
             x = torch.randn(coords.shape[0], 32, device=device, generator=gen)
             slat = torch.randn(coords.shape[0], 32, device=device, generator=gen) if name == "texture" else None
-        for b in (2, 1):
-            calls = 1 if b == 2 else 2  # CFG batched: one batch-2 call; unbatched: two batch-1 calls
+        for b in (2, 1):  # CFG batched: one batch-2 call; unbatched: two batch-1 calls (cond, uncond)
             xb = x.repeat(b, *([1] * (x.dim() - 1)))
-            cb = torch.cat([cond, torch.zeros_like(cond)])[:b]
+            both = torch.cat([cond, torch.zeros_like(cond)])  # CFG: cond, then the zero uncond
+            conds = [both] if b == 2 else [both[:1], both[1:]]
             tb = torch.full((b,), _T, device=device)
 
             def ours_fn():
                 outs = []
-                for _ in range(calls):
+                for cb in conds:
                     if coords is None:
                         outs.append(ours(xb, tb, cb, fast=fast))
                     else:
                         st = SparseTensor(xb, _batched_coords(coords, b))
                         cat = None if slat is None else SparseTensor(slat.repeat(b, 1), st.coords)
                         outs.append(ours(st, tb, cb, concat_cond=cat, fast=fast).feats)
-                return outs[0].float()
+                return torch.cat(outs).float()
 
             def core_fn():
-                kw = dict(embeds=cond1024[:1].repeat(b, 1, 1).to(dtype), trellis2_generation_mode=mode,
-                          transformer_options={})
+                kw = dict(trellis2_generation_mode=mode, transformer_options={})
                 if coords is not None:
                     xin = x.to(dtype).t().unsqueeze(0).unsqueeze(-1).repeat(b, 1, 1, 1)  # [B, C, N, 1]
                     kw.update(trellis2_coords=coords, trellis2_coord_counts=torch.tensor([coords.shape[0]],
@@ -203,13 +202,12 @@ def bench_dits(core, specs: dict, geo, device: torch.device, args, state: dict) 
                         kw["trellis2_shape_slat"] = slat.to(dtype)
                 else:
                     xin = xb.to(dtype)
-                ctx = cb.to(dtype) if name in ("structure", "shape_lr") else cb.to(dtype)
-                out = None
-                for _ in range(calls):
-                    out = core_tr(xin, tb.to(dtype), ctx, **kw)
-                if coords is None:
-                    return out[:, :8].float()
-                return out.squeeze(-1).transpose(1, 2).reshape(-1, out.shape[1]).float()
+                outs = []
+                for cb in conds:  # the HR stages read their conditioning from ``embeds``, the others ``context``
+                    out = core_tr(xin, tb.to(dtype), cb.to(dtype), embeds=cb.to(dtype), **kw)
+                    outs.append(out[:, :8] if coords is None else
+                                out.squeeze(-1).transpose(1, 2).reshape(-1, out.shape[1]))
+                return torch.cat(outs).float()
 
             row = {"part": "dit", "stage": name, "cfg": "batch 2" if b == 2 else "2 x batch 1",
                    "tokens": int(16 ** 3 if coords is None else coords.shape[0])}
