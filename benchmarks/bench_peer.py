@@ -22,8 +22,9 @@ Parts (each can be skipped):
   BakeTextureFromVoxel → ``bake_texture_from_voxel_fn``), run in a worker process with a deadline per stage
   (``--core-timeout``). Both atlases get ``atlas_quality`` figures.
 
-Times are medians of ``--repeat`` runs after one warm-up (CUDA events); peak VRAM is ``max_memory_allocated`` during
-the call (GB, weights included). A core call that misses its deadline is recorded as "did not finish in X s"; core's
+Times are medians of ``--repeat`` runs after one warm-up (CUDA events); "extra peak" is ``max_memory_allocated``
+during the timed calls minus what was allocated before them (activations and workspaces; the weights of both sides
+stay resident during a stage and are listed apart); post-processing stages report their absolute peak. A core call that misses its deadline is recorded as "did not finish in X s"; core's
 remaining GPU parts are then skipped (its thread cannot be stopped).
 
     python benchmarks/peer_bundle.py          # once, on a machine with the tarball
@@ -80,7 +81,8 @@ def _call(fn, timeout: float | None):
 
     def run():
         try:
-            box["value"] = fn()
+            with torch.no_grad():  # grad mode is per thread
+                box["value"] = fn()
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
             box["error"] = e
 
@@ -95,11 +97,16 @@ def _call(fn, timeout: float | None):
 
 
 def measure(fn, device: torch.device, repeat: int, timeout: float | None = None) -> dict:
-    """Warm-up + ``repeat`` timed calls: ``{ms, peak_gb, out}`` (ms: median)."""
+    """Warm-up + ``repeat`` timed calls: ``{ms, peak_gb, out}`` (ms: median; peak_gb: the most memory allocated
+    during the timed calls beyond what was allocated before them: activations and workspaces, not weights)."""
     out = _call(fn, timeout)  # warm-up
     times = []
+    base = 0
     if device.type == "cuda":
         _sync(device)
+        del out
+        out = None
+        base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(repeat):
         _sync(device)
@@ -114,8 +121,12 @@ def measure(fn, device: torch.device, repeat: int, timeout: float | None = None)
         else:
             out = _call(fn, timeout)
             times.append((time.perf_counter() - t0) * 1e3)
-    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 1e9 if device.type == "cuda" else None
     return {"ms": round(statistics.median(times), 3), "peak_gb": None if peak is None else round(peak, 2), "out": out}
+
+
+def weights_gb(module: torch.nn.Module) -> float:
+    return round(sum(t.numel() * t.element_size() for t in module.state_dict().values()) / 1e9, 3)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -210,7 +221,8 @@ def bench_dits(core, specs: dict, geo, device: torch.device, args, state: dict) 
                 return torch.cat(outs).float()
 
             row = {"part": "dit", "stage": name, "cfg": "batch 2" if b == 2 else "2 x batch 1",
-                   "tokens": int(16 ** 3 if coords is None else coords.shape[0])}
+                   "tokens": int(16 ** 3 if coords is None else coords.shape[0]),
+                   "ours_weights_gb": weights_gb(ours), "core_weights_gb": weights_gb(getattr(core_tr, role))}
             o = measure(ours_fn, device, args.repeat)
             row.update(ours_ms=o["ms"], ours_peak_gb=o["peak_gb"])
             c = _core_measure(core_fn, device, args, state)
@@ -301,7 +313,8 @@ def bench_decoders(core, specs: dict, geo, device: torch.device, args, state: di
             h = core.vae.SparseUnetVaeDecoder.forward(theirs, x, guide_subs=subs)
             return h.coords, h.feats.float()
 
-        row = {"part": "decoder", "stage": name, "tokens": int(geo.hr_coords.shape[0]), "voxels_out": geo.levels[-1]}
+        row = {"part": "decoder", "stage": name, "tokens": int(geo.hr_coords.shape[0]), "voxels_out": geo.levels[-1],
+               "ours_weights_gb": weights_gb(ours), "core_weights_gb": weights_gb(theirs)}
         o = measure(ours_fn, device, args.repeat)
         row.update(ours_ms=o["ms"], ours_peak_gb=o["peak_gb"])
         c = _core_measure(core_fn, device, args, state)
@@ -459,14 +472,15 @@ def markdown(result: dict) -> str:
     lines = [f"Ours vs ComfyUI core 0.33.0 ({result['meta']['device']}, {result['meta']['gpu'] or 'CPU'}, "
              f"{'tiny' if result['meta']['tiny'] else 'full size'}, ours: {result['meta']['ours_mode']}"
              f"{' + compile' if result['meta']['compile'] else ''}, core: {result['meta']['core_dtype']})", "",
-             "| part | stage | CFG | tokens | ours ms | core ms | core / ours | ours peak GB | core peak GB | cosine |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| part | stage | CFG | tokens | ours ms | core ms | core / ours | ours / core extra peak GB | "
+             "ours / core weights GB | cosine |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.get("dit", []) + result.get("decoders", []):
         core_ms = r.get("core_ms") if r.get("core_ms") is not None else r.get("core_note")
         ratio = f"{r['core_ms'] / r['ours_ms']:.2f}" if r.get("core_ms") and r.get("ours_ms") else "–"
         cos = r.get("cosine", "–" if r.get("same_voxels", True) else "voxels differ")
         lines.append(f"| {r['part']} | {r['stage']} | {r.get('cfg', '')} | {r['tokens']} | {r['ours_ms']} | "
-                     f"{core_ms} | {ratio} | {r.get('ours_peak_gb')} | {r.get('core_peak_gb')} | {cos} |")
+                     f"{core_ms} | {ratio} | {r.get('ours_peak_gb')} / {r.get('core_peak_gb')} | "
+                     f"{r.get('ours_weights_gb')} / {r.get('core_weights_gb')} | {cos} |")
     post = result.get("post")
     if post:
         lines += ["", f"Post-processing: {post['input_faces']} faces → {post['target_faces']}, "
@@ -515,7 +529,7 @@ def parse_args(argv=None):
     ap.add_argument("--compile", action="store_true", help="torch.compile our DiT blocks (fast mode)")
     ap.add_argument("--core-dtype", default=None, help="core's DiT weights/compute (default bf16; float32 on CPU)")
     ap.add_argument("--core-vae-dtype", default=None, help="core's decoders (default bf16; float32 on CPU)")
-    ap.add_argument("--core-timeout", type=float, default=120.0, help="seconds a core stage may take")
+    ap.add_argument("--core-timeout", type=float, default=60.0, help="seconds a core stage (a call, or a post-processing stage) may take")
     ap.add_argument("--post-res", type=int, default=None, help="grid of the synthetic surface (1024: ~3.7 M faces)")
     ap.add_argument("--faces", type=int, default=None, help="decimation target (default 500 000)")
     ap.add_argument("--texture-size", type=int, default=None, help="atlas size (default 2048)")
