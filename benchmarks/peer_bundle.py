@@ -3,9 +3,10 @@
 1. Extracts from core's source tarball only the files needed to import core's TRELLIS.2 model / VAE modules and its
    mesh post-processing helpers (about 30 files, < 1 MiB) into ``.peer/ComfyUI`` (git-ignored: the folder is added
    to ``.git/info/exclude``; core's code is never committed).
-2. Downloads the wheels core's import chain needs that the GPU machine lacks into ``.whl/`` (``comfy-aimdo``: a hard
-   import of ``comfy.ops`` / ``comfy.model_management``; ``comfy-kitchen`` is optional there and is 200+ MiB, so it
-   is not carried — core then logs that fp8/fp4 are unavailable, which the bench does not use).
+2. Downloads the wheels core's import chain needs that the GPU machine lacks into ``.whl/``: ``comfy-aimdo`` (hard
+   import of ``comfy.ops`` / ``comfy.model_management``) and ``comfy-kitchen`` (hard import of
+   ``comfy.ldm.modules.attention``), the latter as its pure-Python ``py3-none-any`` wheel (0.2 MiB; the CUDA build
+   is 56 MiB): its compiled backends serve core's fp8/fp4/int8 paths, which the bench's bf16 runs do not take.
 3. Checks the import in a fresh interpreter when this machine can (``--check``), and prints the carried sizes.
 
     python benchmarks/peer_bundle.py [--tarball ../shared/comfyui/ComfyUI-0.33.0-783545f6.tar.gz] [--no-wheels]
@@ -43,12 +44,12 @@ FILES = (
     "comfy_extras/nodes_mesh_postprocess.py", "comfy_extras/nodes_trellis2.py",
 )
 # pinned by core 0.33.0's requirements.txt; cp312 / manylinux x86-64 like the GPU machine
-WHEEL_PINS = ("comfy-aimdo==0.4.13",)
-PIP_PLATFORM = ("--no-deps", "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-                *[a for n in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-                              "manylinux2014_x86_64", "manylinux1_x86_64", "manylinux_2_24_x86_64",
-                              "manylinux_2_31_x86_64", "manylinux_2_34_x86_64", "manylinux_2_35_x86_64")
-                  for a in ("--platform", n)])
+WHEEL_PINS = {"comfy-aimdo==0.4.13": "manylinux", "comfy-kitchen==0.2.31": "any"}
+PIP_COMMON = ("--no-deps", "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp")
+PIP_MANYLINUX = tuple(a for n in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
+                                  "manylinux2014_x86_64", "manylinux1_x86_64", "manylinux_2_24_x86_64",
+                                  "manylinux_2_31_x86_64", "manylinux_2_34_x86_64", "manylinux_2_35_x86_64")
+                      for a in ("--platform", n))
 _CHECK = ("import sys; sys.argv=[sys.argv[0], '--cpu']; import comfy.options; comfy.options.enable_args_parsing(); "
           "import comfy.ldm.trellis2.model, comfy.ldm.trellis2.vae, comfy_extras.mesh3d.uv_unwrap.pack; print('ok')")
 
@@ -88,11 +89,18 @@ def extract(tarball: Path, dest: Path = DEST) -> Path:
 
 def download_wheels(dest: Path = WHEELS) -> None:
     dest.mkdir(exist_ok=True)
-    for pin in WHEEL_PINS:
-        name = pin.split("==")[0].replace("-", "_")
-        if any(dest.glob(f"{name}-{pin.split('==')[1]}-*.whl")):
+    for pin, platform in WHEEL_PINS.items():
+        name, version = pin.split("==")
+        name = name.replace("-", "_")
+        for other in dest.glob(f"{name}-*.whl"):  # one version and build of each (two stop the install)
+            if not other.name.startswith(f"{name}-{version}-") or (platform == "any") != other.name.endswith(
+                    "-none-any.whl"):
+                other.unlink()
+        if any(dest.glob(f"{name}-{version}-*.whl")):
             continue
-        subprocess.run([sys.executable, "-m", "pip", "download", *PIP_PLATFORM, "-d", str(dest), pin], check=True)
+        where = ("--platform", "any") if platform == "any" else PIP_MANYLINUX
+        subprocess.run([sys.executable, "-m", "pip", "download", *PIP_COMMON, *where, "-d", str(dest), pin],
+                       check=True)
 
 
 def _du(path: Path) -> int:
