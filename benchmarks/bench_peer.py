@@ -16,16 +16,17 @@ Parts (each can be skipped):
   blocks get ``pred_subdiv = False``); core's gather-GEMM sparse conv (``flexgemm.py``) vs ours. Raw outputs are
   compared after sorting both by voxel.
 * ``post``: post-processing of ``bench_export.make_blob_surface(--post-res)`` (≈ 3.7 M faces at 1024, + its PBR
-  voxels) to ``--faces`` at ``--texture-size``: ours (fill holes → clean → decimate → clean+orient → unwrap → bake;
-  ``export_glb`` also end to end) vs the helpers core's nodes call (FillHoles → ``fill_holes_v2_fn``, DecimateMesh →
+  voxels) to ``--faces`` at ``--texture-size``: ours (fill holes → clean → decimate → clean+orient → unwrap →
+  bake; ``export_glb`` also end to end) vs the helpers core's nodes call (FillHoles → ``fill_holes_v2_fn``, DecimateMesh →
   ``qem_decimate_simplify`` (midpoint preset), UnwrapMesh → ``_uv_unwrap`` ('pec' on the device, then its v flip),
   BakeTextureFromVoxel → ``bake_texture_from_voxel_fn``), run in a worker process with a deadline per stage
   (``--core-timeout``). Both atlases get ``atlas_quality`` figures.
 
 Times are medians of ``--repeat`` runs after one warm-up (CUDA events); "extra peak" is ``max_memory_allocated``
 during the timed calls minus what was allocated before them (activations and workspaces; the weights of both sides
-stay resident during a stage and are listed apart); post-processing stages report their absolute peak. A core call that misses its deadline is recorded as "did not finish in X s"; core's
-remaining GPU parts are then skipped (its thread cannot be stopped).
+stay resident during a stage and are listed apart); post-processing stages report their absolute peak. A core call
+that misses its deadline is recorded as "did not finish in X s"; core's remaining GPU parts are then skipped (its
+thread cannot be stopped).
 
     python benchmarks/peer_bundle.py          # once, on a machine with the tarball
     python benchmarks/bench_peer.py --device cuda --json peer.json --md peer.md
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import queue
 import statistics
@@ -529,7 +529,8 @@ def parse_args(argv=None):
     ap.add_argument("--compile", action="store_true", help="torch.compile our DiT blocks (fast mode)")
     ap.add_argument("--core-dtype", default=None, help="core's DiT weights/compute (default bf16; float32 on CPU)")
     ap.add_argument("--core-vae-dtype", default=None, help="core's decoders (default bf16; float32 on CPU)")
-    ap.add_argument("--core-timeout", type=float, default=60.0, help="seconds a core stage (a call, or a post-processing stage) may take")
+    ap.add_argument("--core-timeout", type=float, default=60.0,
+                    help="seconds a core call (DiT, decoder) or post-processing stage may take")
     ap.add_argument("--post-res", type=int, default=None, help="grid of the synthetic surface (1024: ~3.7 M faces)")
     ap.add_argument("--faces", type=int, default=None, help="decimation target (default 500 000)")
     ap.add_argument("--texture-size", type=int, default=None, help="atlas size (default 2048)")
