@@ -223,11 +223,11 @@ def bench_dits(core, specs: dict, geo, device: torch.device, args, state: dict) 
             row = {"part": "dit", "stage": name, "cfg": "batch 2" if b == 2 else "2 x batch 1",
                    "tokens": int(16 ** 3 if coords is None else coords.shape[0]),
                    "ours_weights_gb": weights_gb(ours), "core_weights_gb": weights_gb(getattr(core_tr, role))}
-            o = measure(ours_fn, device, args.repeat)
-            row.update(ours_ms=o["ms"], ours_peak_gb=o["peak_gb"])
+            o = _ours_measure(ours_fn, device, args)
+            row.update(ours_ms=o.get("ms"), ours_peak_gb=o.get("peak_gb"), ours_note=o.get("note"))
             c = _core_measure(core_fn, device, args, state)
             row.update(core_ms=c.get("ms"), core_peak_gb=c.get("peak_gb"), core_note=c.get("note"))
-            if "out" in c:
+            if "out" in c and "out" in o:
                 row["cosine"] = cosine(o["out"], c["out"])
             rows.append(row)
             print(_row_line(row), flush=True)
@@ -236,6 +236,17 @@ def bench_dits(core, specs: dict, geo, device: torch.device, args, state: dict) 
     del core_tr
     _free(device)
     return rows
+
+
+def _ours_measure(fn, device: torch.device, args) -> dict:
+    """:func:`measure` for our side; a failure is recorded (and printed) so the other parts still run."""
+    try:
+        return measure(fn, device, args.repeat)
+    except Exception as e:  # noqa: BLE001 - recorded in the results, traceback printed
+        import traceback
+
+        traceback.print_exc()
+        return {"note": f"failed: {type(e).__name__}: {str(e)[:200]}"}
 
 
 def _core_measure(fn, device: torch.device, args, state: dict) -> dict:
@@ -315,11 +326,11 @@ def bench_decoders(core, specs: dict, geo, device: torch.device, args, state: di
 
         row = {"part": "decoder", "stage": name, "tokens": int(geo.hr_coords.shape[0]), "voxels_out": geo.levels[-1],
                "ours_weights_gb": weights_gb(ours), "core_weights_gb": weights_gb(theirs)}
-        o = measure(ours_fn, device, args.repeat)
-        row.update(ours_ms=o["ms"], ours_peak_gb=o["peak_gb"])
+        o = _ours_measure(ours_fn, device, args)
+        row.update(ours_ms=o.get("ms"), ours_peak_gb=o.get("peak_gb"), ours_note=o.get("note"))
         c = _core_measure(core_fn, device, args, state)
         row.update(core_ms=c.get("ms"), core_peak_gb=c.get("peak_gb"), core_note=c.get("note"))
-        if "out" in c:
+        if "out" in c and "out" in o:
             oc, of = _sorted_by_voxel(*o["out"])
             tc, tf = _sorted_by_voxel(*c["out"])
             row["same_voxels"] = bool(oc.shape == tc.shape and torch.equal(oc.int(), tc.int()))
@@ -476,9 +487,10 @@ def markdown(result: dict) -> str:
              "ours / core weights GB | cosine |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.get("dit", []) + result.get("decoders", []):
         core_ms = r.get("core_ms") if r.get("core_ms") is not None else r.get("core_note")
+        ours_ms = r.get("ours_ms") if r.get("ours_ms") is not None else r.get("ours_note")
         ratio = f"{r['core_ms'] / r['ours_ms']:.2f}" if r.get("core_ms") and r.get("ours_ms") else "–"
         cos = r.get("cosine", "–" if r.get("same_voxels", True) else "voxels differ")
-        lines.append(f"| {r['part']} | {r['stage']} | {r.get('cfg', '')} | {r['tokens']} | {r['ours_ms']} | "
+        lines.append(f"| {r['part']} | {r['stage']} | {r.get('cfg', '')} | {r['tokens']} | {ours_ms} | "
                      f"{core_ms} | {ratio} | {r.get('ours_peak_gb')} / {r.get('core_peak_gb')} | "
                      f"{r.get('ours_weights_gb')} / {r.get('core_weights_gb')} | {cos} |")
     post = result.get("post")
@@ -491,7 +503,7 @@ def markdown(result: dict) -> str:
         for i in range(max(len(ours_st), len(core_st))):
             o = ours_st[i] if i < len(ours_st) else ("", {})
             c = core_st[i] if i < len(core_st) else ("", {})
-            lines.append(f"| {o[0]} | {o[1].get('ms', '')} | {o[1].get('peak_gb', '')} | {c[0]} | "
+            lines.append(f"| {o[0]} | {o[1].get('ms', o[1].get('note', ''))} | {o[1].get('peak_gb', '')} | {c[0]} | "
                          f"{c[1].get('ms', c[1].get('note', ''))} | {c[1].get('peak_gb', '')} |")
         for who in ("ours", "core"):
             st = post[who]["stages"]
@@ -591,7 +603,13 @@ def main(argv=None) -> dict:
         mesh, voxels = make_blob_surface(args.post_res, device)
         print(f"post: {mesh.num_faces} faces, {voxels.coords.shape[0]} voxels", flush=True)
         post = {"input_faces": int(mesh.num_faces), "target_faces": args.faces, "texture_size": args.texture_size}
-        post["ours"] = ours_post(mesh, voxels, args.faces, args.texture_size, device, not args.no_export_glb)
+        try:
+            post["ours"] = ours_post(mesh, voxels, args.faces, args.texture_size, device, not args.no_export_glb)
+        except Exception as e:  # noqa: BLE001 - recorded; core's side still runs
+            import traceback
+
+            traceback.print_exc()
+            post["ours"] = {"stages": {"failed": {"note": f"{type(e).__name__}: {str(e)[:200]}"}}}
         print("ours post:", json.dumps(post["ours"]["stages"]), flush=True)
         post["core"] = core_post(mesh, voxels, args.faces, args.texture_size, device, comfy, args.core_timeout)
         print("core post:", json.dumps(post["core"]["stages"]), flush=True)
