@@ -9,8 +9,7 @@ the parent starts child processes with their own compile caches (``TORCHINDUCTOR
 
 Each child builds the full-size models of ``bench_pipeline.py`` (random weights on the device), then runs the whole
 pipeline of ``--type`` (surrogate geometry, official schedules) ``--runs`` times: run 1 is the first generation,
-the best later run is "warm". ``--warmup`` starts the library's background compilation (``pipeline/warmup.py``)
-together with run 1, as ``image_to_glb`` and the Load node do. During run 1 a sampling profiler (a thread reading the main thread's stack every
+the best later run is "warm". During run 1 a sampling profiler (a thread reading the main thread's stack every
 ``--sample-ms``) attributes the wall time to TorchDynamo tracing, AOTAutograd, Inductor (code generation and
 waiting for its compile workers), Triton's compiler, FlashAttention-4's CuTe-DSL compiler, or the model code, and
 ``torch._dynamo.utils.compile_times`` gives Dynamo's own phase totals.
@@ -109,12 +108,6 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     out["build_s"] = round(time.perf_counter() - t0, 2)
     geo = bp.make_geometry(ptype, (bp._TARGETS_TINY if args.tiny else bp._TARGETS)[args.type], device)
     fast = bp.parse_mode(args.mode)
-    warm = None
-    if args.warmup:  # the library's background compilation, started with the first generation (no head start)
-        from trellis2_core.pipeline import warmup
-        specs = [warmup.FlowSpec(name, dict(bp._DIT_TINY if args.tiny else bp._DIT, **extra))
-                 for name, extra in bp._FLOWS.values()]
-        warm = warmup.start(specs, fast, device)
     runs = []
     for i in range(args.runs):
         if device.type == "cuda":
@@ -131,9 +124,6 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                      "stage_peak_gb": r.get("stage_peak_gb", {})})
         print(f"[{args.mode} {args.state}] run {i + 1}: {wall:.2f} s", flush=True)
     out["runs"] = runs
-    if warm is not None:
-        out["warmup_s"] = round(warm.seconds, 2) if warm.seconds is not None else None
-        out["warmup_error"] = repr(warm.error) if warm.error is not None else None
     out["first_s"] = runs[0]["wall_s"]
     if len(runs) > 1:
         out["warm_s"] = min(r["wall_s"] for r in runs[1:])
@@ -158,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="pipeline runs per child (run 1 = first generation)")
     ap.add_argument("--sample-ms", type=float, default=5.0, help="stack sampling interval of run 1 (0: off)")
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--warmup", action="store_true",
-                    help="start the library's background compilation (pipeline/warmup.py) with the first run")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="fast", help=argparse.SUPPRESS)
@@ -180,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = Path(tmp) / f"{mode}-{state}.json".replace(":", "_")
                 cmd = [sys.executable, __file__, "--child", "--device", args.device, "--type", args.type,
                        "--mode", mode, "--state", state, "--runs", str(args.runs), "--sample-ms", str(args.sample_ms),
-                       "--child-json", str(out)] + (["--tiny"] if args.tiny else []) + (
-                    ["--warmup"] if args.warmup else [])
+                       "--child-json", str(out)] + (["--tiny"] if args.tiny else [])
                 t = time.perf_counter()
                 proc = subprocess.run(cmd, env=env)
                 wall = time.perf_counter() - t

@@ -166,7 +166,6 @@ class Trellis2LoadModel:
                                    f"{', '.join(str(d) for d in bridge.trellis2_dirs())})") from err
             pipeline = Pipeline.from_pretrained(root, models_dir=models, device=dev,
                                                 dtype_override=_dtype(precision, dev), vram_preset=preset)
-        pipeline.warm_up(fast)  # compiles the fast path in the background while the sampling nodes load weights
         handle = PipelineHandle(pipeline=pipeline, source=src, root=root, device=dev, vram_preset=preset, fast=fast)
         return (handle,)
 

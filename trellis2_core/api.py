@@ -247,8 +247,6 @@ def image_to_glb(
             pipeline, models_dir=args.models_dir, device=dev, dtype_override=args.dtype, offline=args.offline,
             vram_preset=args.vram_preset)
         run_type = pipe.check_ready(ptype, args.samplers)  # sampler settings and checkpoint files, nothing loaded
-        fast = FastPathConfig.fast() if fast is None else fast
-        pipe.warm_up(fast)  # a new process compiles its blocks in the background while the weights load
         matting: Matting | None = None
         if cond_image is None:
             if isinstance(matting_model, nn.Module):  # a bare BiRefNet-interface network
@@ -282,7 +280,7 @@ def image_to_glb(
             hooks = StageHooks(progress=track, should_cancel=track.cancelled)
             result = runner.run_from_conditioning(cond, seed=args.seed, pipeline_type=run_type,
                                                   samplers=args.samplers, max_num_tokens=args.max_num_tokens,
-                                                  hooks=hooks, fast=fast)
+                                                  hooks=hooks, fast=FastPathConfig.fast() if fast is None else fast)
         finally:
             guarded.close()
         mesh, pbr = _check_outputs(result)

@@ -29,7 +29,7 @@ from .comfy_detect import DINO_ROLE, ComfyFile, read_header
 from .comfy_files import NAME_PREFIX, ComfyFileSet
 from .comfy_int8 import QUANT_SUFFIX, SCALE_SUFFIX, QuantSpec, dequantize_int8, parse_quant, quant_specs_from_metadata
 from .config import PipelineConfig
-from .loader import with_dtype
+from .loader import _with_dtype
 from .safetensors_io import check_strict, read_strict
 
 __all__ = ["ComfyPipeline", "ComfyModelEntry", "KEY_ROLES", "UNSUPPORTED_KEYS", "SIZES", "comfy_pipeline",
@@ -166,7 +166,7 @@ class ComfyPipeline:
             raise WeightsError(f"{self.name}: {UNSUPPORTED_KEYS['tex_slat_flow_model_512']}")
 
     def _meta_model(self, entry: ComfyModelEntry, dtype_override: torch.dtype | str | None) -> nn.Module:
-        args = with_dtype(dict(entry.args), dtype_override, entry.file)
+        args = _with_dtype(dict(entry.args), dtype_override, entry.file)
         try:
             with torch.device("meta"):
                 return model_class(entry.class_name)(**args)

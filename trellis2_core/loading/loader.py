@@ -51,7 +51,7 @@ def read_model_json(path: Path) -> tuple[str, dict[str, Any]]:
     return data["name"], dict(data["args"])
 
 
-def with_dtype(args: dict[str, Any], dtype: torch.dtype | str | None, where: Path) -> dict[str, Any]:
+def _with_dtype(args: dict[str, Any], dtype: torch.dtype | str | None, where: Path) -> dict[str, Any]:
     """Override the json's precision knob (``dtype`` for DiTs, ``use_fp16`` for VAEs) with ``dtype``.
 
     The VAEs only know float16 and float32 (``use_fp16``): asked for bfloat16 (chosen to avoid float16's overflow)
@@ -81,7 +81,7 @@ def _build_meta(config: PipelineConfig, key: str, dtype_override: torch.dtype | 
     """``(model on the meta device, class name, safetensors path, json path)`` of pipeline model ``key``."""
     json_path, st_path = resolve_model_files(config.root, config.model_ref(key), offline=offline)
     name, args = read_model_json(json_path)
-    args = with_dtype(args, dtype_override, json_path)
+    args = _with_dtype(args, dtype_override, json_path)
     try:
         cls = model_class(name)
     except ValueError as err:

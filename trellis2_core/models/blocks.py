@@ -22,7 +22,6 @@ from ..sparse.attention import AttentionBackend, attention, varlen_attention
 from ..sparse.layers import LayerNorm32
 from ..sparse.rope import RopeTable, apply_rope
 from ..sparse.tensor import SparseTensor
-from . import background_compile
 from .fused_mlp import linear_gelu_tanh
 from .fused_norm import layer_norm_modulate
 from .fused_qk import qk_norm_rope
@@ -403,9 +402,8 @@ class FlowDiT(nn.Module):
         tokens = tokens.to(dt)
         step = nn.Module.__call__
         device = _feats(h).device
-        if (fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(device, dt)
-                and not background_compile.eager_here()):
-            step = self._compiled_step()  # eager while another thread compiles the same graphs (warmup.py)
+        if fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(device, dt):
+            step = self._compiled_step()
         rows = _feats(h).shape[:-1].numel()  # batch × tokens (dense) or packed tokens (sparse)
         kernels = fast.block_kernels(rows, device, dt, self.head_dim) if fast is not None else BlockKernels()
         for block, kv, const in zip(self.blocks, kvs, consts):

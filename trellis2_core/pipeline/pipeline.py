@@ -140,26 +140,6 @@ class Pipeline:
         return self._image_cond_model is not None
 
     # ------------------------------------------------------------------ checks
-    def warm_up(self, fast: FastPathConfig | None) -> Any:
-        """Start compiling ``fast``'s DiT blocks in a background thread (:mod:`.warmup`), so that a new process's
-        first generation does not wait for ``torch.compile``: model calls run their blocks eagerly until it is done.
-        Returns the :class:`~.warmup.Warmup`, or None where nothing is compiled (not CUDA, compile off) or the flow
-        configs are not local json files (ComfyUI core's files: the blocks compile on first use, as before)."""
-        device = torch.device(getattr(self.models, "device", "cpu") or "cpu")
-        if fast is None or device.type != "cuda" or self.comfy_files is not None:
-            return None
-        from ..loading.loader import read_model_json, with_dtype
-        from .warmup import FlowSpec, start
-
-        specs = []
-        for key in self.config.models:
-            path = Path(self.config.root) / f"{self.config.model_ref(key)}.json"
-            if not path.is_file():
-                continue
-            name, args = read_model_json(path)
-            specs.append(FlowSpec(name, with_dtype(args, getattr(self.models, "dtype_override", None), path)))
-        return start(specs, fast, device)
-
     def check_ready(self, pipeline_type: PipelineType | str | None = None,
                     samplers: SamplerOverrides | None = None, *, label: str = "pipeline type") -> PipelineType:
         """Check, before any model loads, that a run of ``pipeline_type`` with ``samplers`` can start.
