@@ -48,3 +48,22 @@ def test_plan_parsing_rejects_bad_items() -> None:
                                                                       ("1024_cascade", "low", 4096)]
     with pytest.raises(SystemExit, match="type:preset:texture_size"):
         bench.parse_plan("512:fast:2048")
+
+
+def test_surrogate_registers_no_global_module_hooks() -> None:
+    """torch.compile guards the global module-hook dicts: a global hook registered per run would make the compiled
+    DiT block recompile on every run of a benchmark (measured on an H200 before this was fixed)."""
+    import torch
+    from torch.nn.modules import module as nn_module
+
+    import surrogate
+    from trellis2_core.models.shape_decoder import FlexiDualGridVaeDecoder
+    from trellis2_core.models.structure_decoder import SparseStructureDecoder
+    from trellis2_core.pipeline.stages import PipelineType
+
+    geo = surrogate.fit_geometry(PipelineType.parse("512"), surrogate.TARGETS_TINY["512"], torch.device("cpu"))
+    before = (SparseStructureDecoder.forward, FlexiDualGridVaeDecoder.upsample, FlexiDualGridVaeDecoder.decode)
+    with surrogate.inject(geo):
+        assert not nn_module._global_forward_hooks and not nn_module._global_forward_pre_hooks
+        assert SparseStructureDecoder.forward is not before[0]
+    assert (SparseStructureDecoder.forward, FlexiDualGridVaeDecoder.upsample, FlexiDualGridVaeDecoder.decode) == before
