@@ -133,8 +133,9 @@ class Trellis2LoadModel:
                     "default": "fast",
                     "tooltip": "fast: cached cross-attention keys/values, batched guidance passes, compiled "
                                "transformer blocks, fused kernels and the fastest attention installed (same results "
-                               "up to rounding; the first run compiles for ~30 s). eager: the plain op-by-op path, "
-                               "like the official code."}),
+                               "up to rounding). The first generation after each start compiles the blocks: +17 s on "
+                               "an H200 with PyTorch's compile cache on disk, +40 s the very first time. eager: the "
+                               "plain op-by-op path, like the official code (no compiling, ~1.5x slower sampling)."}),
             },
         }
 
