@@ -78,6 +78,24 @@ def test_grid_search_equals_brute_force(seed):
         torch.testing.assert_close((got.bary[:, :, None] * tri).sum(1), got.point, atol=1e-12, rtol=0)
 
 
+def test_grid_built_in_entry_batches_is_the_same_grid(monkeypatch):
+    """The (face, cell) entries are expanded in bounded batches (the build's memory peak on big meshes): the tables
+    must be exactly those of a one-batch build, so every query answers bit for bit the same."""
+    import trellis2_core.postprocess.closest as closest
+
+    g = torch.Generator().manual_seed(7)
+    vertices, faces = _small_triangle_soup(400, 0.1, g)
+    whole = TriangleGrid(vertices, faces, 0.03)
+    monkeypatch.setattr(closest, "_ENTRY_BATCH", 37)  # many batches of a few faces each
+    batched = TriangleGrid(vertices, faces, 0.03)
+    assert whole.entry_face.numel() > 10 * 37
+    for name in ("face_id", "entry_face", "cell_keys", "cell_start", "cell_count", "tri", "bound"):
+        assert torch.equal(getattr(whole, name), getattr(batched, name)), name
+    points = torch.rand(500, 3, generator=g, dtype=torch.float64)
+    a, b = whole.query(points), batched.query(points)
+    assert torch.equal(a.distance, b.distance) and torch.equal(a.face, b.face)
+
+
 def test_grid_search_with_large_and_degenerate_faces():
     g = torch.Generator().manual_seed(5)
     vertices = torch.rand(60, 3, generator=g, dtype=torch.float64)

@@ -31,6 +31,7 @@ __all__ = ["ClosestPoints", "TriangleGrid", "closest_point_on_triangles", "close
 _QUERY_CHUNK = 1 << 18  # queries searched together
 _PAIR_BATCH = 1 << 22  # (query, triangle) pairs evaluated together: bounds temporary memory
 _PAIR_BATCH_CPU = 1 << 18  # smaller on the CPU: one batch takes well under a second between two cancel polls
+_ENTRY_BATCH = 1 << 23  # (face, cell) entries expanded together while the grid is built: bounds its temporaries
 _MAX_ENTRIES_PER_FACE = 16  # the cell size grows until the grid lists at most this many cells per face on average
 _MAX_CELLS_PER_AXIS = 1 << 20  # packed int64 cell keys need dims below 2^21 per axis
 
@@ -219,16 +220,34 @@ class TriangleGrid:
         normal = torch.where(sound, cross / length.clamp(min=1e-300), 0.0).to(self.dtype)
         # rows: box min (3), box max (3), unit normal (3), normal·a — two lower bounds of a point's distance
         self.bound = torch.cat((box_lo, box_hi, normal, (normal * a).sum(1, keepdim=True)), 1).t().contiguous()
+        del tri, box_lo, box_hi, a, ab, ac, ab64, ac64, cross, length, sound, normal  # before the [E] tables
         checkpoint("closest-point grid build")
-        face_of, rank = _expand(per_face)
-        sp = span[face_of]
-        offset = torch.stack((rank % sp[:, 0], (rank // sp[:, 0]) % sp[:, 1], rank // (sp[:, 0] * sp[:, 1])), 1)
-        keys, order = torch.sort(self._key(cell_lo[face_of] + offset), stable=True)
+        keys, face_of = self._entry_keys(cell_lo, span, per_face)
+        keys, order = torch.sort(keys, stable=True)
         self.entry_face = face_of[order]  # [E] local face ids, listed cell by cell
+        del face_of, order
         self.cell_keys, counts = torch.unique_consecutive(keys, return_counts=True)  # [C] non-empty cells
         self.cell_start = torch.cumsum(counts, 0) - counts
         self.cell_count = counts
         self._rings: dict[int, tuple[Tensor, list[Tensor]]] = {}  # ring -> (offsets, shell masks by L1 norm)
+
+    def _entry_keys(self, cell_lo: Tensor, span: Tensor, per_face: Tensor) -> tuple[Tensor, Tensor]:
+        """``(cell key, face)`` of every (face, cell it overlaps) entry, faces in order and each face's cells in
+        x-fastest order. Built over consecutive ranges of about ``_ENTRY_BATCH`` entries, so that the per-entry
+        temporaries (ranks, spans, offsets, cells: ~130 bytes an entry) stay bounded and only the two results
+        (16 bytes an entry) grow with the mesh: the expansion was the export's VRAM peak on big meshes."""
+        keys, faces = [], []
+        for lo, hi in _batches(per_face, _ENTRY_BATCH):
+            face_of, rank = _expand(per_face[lo:hi])
+            sp = span[lo:hi][face_of]
+            offset = torch.stack((rank % sp[:, 0], (rank // sp[:, 0]) % sp[:, 1], rank // (sp[:, 0] * sp[:, 1])), 1)
+            keys.append(self._key(cell_lo[lo:hi][face_of] + offset))
+            faces.append(face_of + lo)
+            del face_of, rank, sp, offset
+        if not keys:
+            empty = torch.zeros(0, dtype=torch.int64, device=cell_lo.device)
+            return empty, empty
+        return (torch.cat(keys) if len(keys) > 1 else keys[0]), (torch.cat(faces) if len(faces) > 1 else faces[0])
 
     @property
     def num_faces(self) -> int:
