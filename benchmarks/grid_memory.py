@@ -25,6 +25,19 @@ sys.path.insert(0, str(_HERE.parent))
 sys.path.insert(0, str(_HERE))
 
 
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes: ``VmHWM`` (Linux; a child's ``ru_maxrss`` can carry its
+    parent's peak over ``exec``), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def build(path: str, device: str) -> None:
     from trellis2_core.postprocess.closest import TriangleGrid
 
@@ -36,13 +49,13 @@ def build(path: str, device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base = _peak_rss()
     t = time.perf_counter()
     grid = TriangleGrid(vertices, faces)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss()
     tables = sum(x.numel() * x.element_size() for x in (grid.tri, grid.bound, grid.face_id, grid.entry_face,
                                                          grid.cell_keys, grid.cell_start, grid.cell_count))
     print(f"{faces.shape[0]} faces, {grid.entry_face.numel()} entries: build {seconds:.2f} s, peak "
