@@ -357,3 +357,31 @@ def test_with_attention_checks_flash_attention_4_up_front(monkeypatch):
         base.with_attention("fa4")
     monkeypatch.setattr(attention_module, "fa4_available", lambda: True)
     assert base.with_attention("fa4").attention_kernel == "fa4"
+
+
+def test_global_module_hooks_are_reported_once_when_blocks_compile(monkeypatch, caplog):
+    """Global module hooks make torch.compile recompile the block whenever they change: the user is told which."""
+    import logging
+
+    from trellis2_core import capabilities
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", functools.partial(real_compile, backend="eager"))
+    monkeypatch.setattr(capabilities, "_NOTED", set())
+    model = _model("sparse_structure_flow_model")
+    fast = _CompileEverywhere(compile_blocks=True)
+    x = torch.randn(1, 8, 16, 16, 16, generator=torch.Generator().manual_seed(3))
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
+    try:
+        with caplog.at_level(logging.INFO), torch.no_grad():
+            model(x, torch.tensor([500.0]), _cond(), fast=fast)
+            model(x, torch.tensor([400.0]), _cond(), fast=fast)
+    finally:
+        handle.remove()
+    warnings = [r for r in caplog.records if "global PyTorch module hooks" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "_global_forward_hooks" in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO), torch.no_grad():
+        model(x, torch.tensor([300.0]), _cond(), fast=fast)
+    assert not [r for r in caplog.records if "global PyTorch module hooks" in r.getMessage()]

@@ -404,6 +404,7 @@ class FlowDiT(nn.Module):
         device = _feats(h).device
         if fast is not None and not isinstance(h, SparseTensor) and fast.compile_on(device, dt):
             step = self._compiled_step()
+            _warn_if_global_module_hooks()
         rows = _feats(h).shape[:-1].numel()  # batch × tokens (dense) or packed tokens (sparse)
         kernels = fast.block_kernels(rows, device, dt, self.head_dim) if fast is not None else BlockKernels()
         for block, kv, const in zip(self.blocks, kvs, consts):
@@ -430,6 +431,23 @@ class FlowDiT(nn.Module):
         if t.dim() != 1 or t.shape[0] != batch or cond.shape[0] != batch:
             raise InputError(f"{type(self).__name__}: input has batch {batch} but t is {list(t.shape)} and cond is "
                              f"{list(cond.shape)}; pass t [B] and cond [B, M, C]")
+
+
+def _warn_if_global_module_hooks() -> None:
+    """Say so, once, when another package has registered global module hooks: ``torch.compile`` guards those hook
+    dicts for every module call it inlines, so each change to them recompiles the block (measured on an H200 with a
+    benchmark that registered one per run: a recompile each run until dynamo's limit, then eager blocks)."""
+    from torch.nn.modules import module as nn_module
+
+    names = [name for name in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                               "_global_backward_pre_hooks") if getattr(nn_module, name, None)]
+    if names:
+        from .. import capabilities as caps
+
+        caps.note_fallback(True, "another package has registered global PyTorch module hooks "
+                                 f"({', '.join(names)}): the compiled transformer blocks are compiled again whenever "
+                                 "they change, which can make every generation slower; remove the extension that "
+                                 "registers them, or use speed 'eager' (--speed eager)")
 
 
 def _block_forward_fp8(block: ModulatedTransformerCrossBlock, *args: object) -> Tokens:
