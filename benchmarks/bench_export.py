@@ -45,6 +45,34 @@ def _blob_sdf(p: torch.Tensor) -> torch.Tensor:
     return d + 0.006 * torch.sin(40 * p[..., 0]) * torch.sin(40 * p[..., 1]) * torch.sin(40 * p[..., 2])
 
 
+def dual_vertices(cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dual-grid vertex and edge flags of voxels from their corner signed distances ``cv [N, 8]`` (corner
+    b = 4i + 2j + k): vertex = mean of the surface crossings on the 12 edges, in voxel units (the centre where none
+    crosses); flag per axis = the surface crosses the edge at the voxel's max corner in the other two axes (§8.1)."""
+    n, device = cv.shape[0], cv.device
+    acc = torch.zeros(n, 3, device=device)
+    cnt = torch.zeros(n, device=device)
+    flags = torch.zeros(n, 3, dtype=torch.bool, device=device)
+    for axis in range(3):
+        others = [a for a in range(3) if a != axis]
+        for o1 in (0, 1):
+            for o2 in (0, 1):
+                lo = [0, 0, 0]
+                lo[others[0]], lo[others[1]] = o1, o2
+                hi = list(lo)
+                hi[axis] = 1
+                f0, f1 = cv[:, 4 * lo[0] + 2 * lo[1] + lo[2]], cv[:, 4 * hi[0] + 2 * hi[1] + hi[2]]
+                cross = (f0 < 0) != (f1 < 0)
+                t = (f0 / (f0 - f1)).nan_to_num(0.5).clamp(0, 1)
+                point = torch.tensor(lo, device=device, dtype=torch.float32).expand(n, 3).clone()
+                point[:, axis] = t
+                acc += torch.where(cross[:, None], point, 0.0)
+                cnt += cross
+                if o1 == 1 and o2 == 1:
+                    flags[:, axis] = cross
+    return torch.where(cnt[:, None] > 0, acc / cnt.clamp_min(1)[:, None], 0.5), flags
+
+
 def make_blob_surface(res: int, device: str | torch.device = "cpu") -> tuple[Mesh, PbrVoxels]:
     """Dual-grid mesh (§8.1) of the synthetic object at grid ``res`` (a multiple of 8) and its PBR voxel shell."""
     if res % _BLOCK:
@@ -65,27 +93,8 @@ def make_blob_surface(res: int, device: str | torch.device = "cpu") -> tuple[Mes
     idx = active.nonzero()
     coords = blocks[idx[:, 0]] * _BLOCK + idx[:, 1:]
     cv = cv[active]  # [N, 8]
-    acc = torch.zeros(coords.shape[0], 3, device=device)
-    cnt = torch.zeros(coords.shape[0], device=device)
-    flags = torch.zeros(coords.shape[0], 3, dtype=torch.bool, device=device)
-    for axis in range(3):
-        others = [a for a in range(3) if a != axis]
-        for o1 in (0, 1):
-            for o2 in (0, 1):
-                lo = [0, 0, 0]
-                lo[others[0]], lo[others[1]] = o1, o2
-                hi = list(lo)
-                hi[axis] = 1
-                f0, f1 = cv[:, 4 * lo[0] + 2 * lo[1] + lo[2]], cv[:, 4 * hi[0] + 2 * hi[1] + hi[2]]
-                cross = (f0 < 0) != (f1 < 0)
-                t = (f0 / (f0 - f1)).clamp(0, 1)
-                point = torch.tensor(lo, device=device, dtype=torch.float32).expand(coords.shape[0], 3).clone()
-                point[:, axis] = t
-                acc += torch.where(cross[:, None], point, 0.0)
-                cnt += cross
-                if o1 == 1 and o2 == 1:  # the edge at the voxel's max corner in the other two axes (§8.1)
-                    flags[:, axis] = cross
-    mesh = flexible_dual_grid_to_mesh(coords.to(torch.int32), acc / cnt[:, None], flags,
+    vertices, flags = dual_vertices(cv)
+    mesh = flexible_dual_grid_to_mesh(coords.to(torch.int32), vertices, flags,
                                       torch.ones(coords.shape[0], 1, device=device), res)
     c = (coords.to(torch.float32) + 0.5) / res - 0.5
     attrs = torch.cat((0.5 + 0.5 * torch.sin(12 * c + torch.tensor((0.0, 2.0, 4.0), device=device)),

@@ -32,12 +32,13 @@ import torch
 from torch import Tensor
 
 from trellis2_core.models.shape_decoder import FlexiDualGridVaeDecoder, ShapeDecoding
-from trellis2_core.models.sparse_unet import SparseResBlockC2S3d
-from trellis2_core.models.streaming import weights_on_device
 from trellis2_core.models.structure_decoder import SparseStructureDecoder
 from trellis2_core.pipeline.cascade import hr_coords_from_lr, quantize_coords
 from trellis2_core.pipeline.stages import PipelineType
 from trellis2_core.sparse import SparseTensor, subdivide
+
+from bench_export import dual_vertices  # noqa: E402  (benchmarks/ is on sys.path)
+from bench_pipeline import guided_upsample  # noqa: E402
 
 __all__ = ["TARGETS", "TARGETS_TINY", "Geometry", "fit_geometry", "inject", "surface_sdf", "surrogate_raw"]
 
@@ -129,27 +130,7 @@ def surrogate_raw(coords: Tensor, res: int, voxel_margin: float, chunk: int = 1 
         c = coords[start:start + chunk].long()
         n = c.shape[0]
         cv = surface_sdf(((c[:, None] + corners).reshape(-1, 3).float()) / res).view(n, 8)  # corner b = 4i+2j+k
-        acc = torch.zeros(n, 3, device=c.device)
-        cnt = torch.zeros(n, device=c.device)
-        flags = torch.zeros(n, 3, dtype=torch.bool, device=c.device)
-        for axis in range(3):
-            others = [a for a in range(3) if a != axis]
-            for o1 in (0, 1):
-                for o2 in (0, 1):
-                    lo = [0, 0, 0]
-                    lo[others[0]], lo[others[1]] = o1, o2
-                    hi = list(lo)
-                    hi[axis] = 1
-                    f0, f1 = cv[:, 4 * lo[0] + 2 * lo[1] + lo[2]], cv[:, 4 * hi[0] + 2 * hi[1] + hi[2]]
-                    cross = (f0 < 0) != (f1 < 0)
-                    t = (f0 / (f0 - f1)).nan_to_num(0.5).clamp(0, 1)
-                    point = torch.tensor(lo, device=c.device, dtype=torch.float32).expand(n, 3).clone()
-                    point[:, axis] = t
-                    acc += torch.where(cross[:, None], point, 0.0)
-                    cnt += cross
-                    if o1 == 1 and o2 == 1:
-                        flags[:, axis] = cross
-        vert = torch.where(cnt[:, None] > 0, acc / cnt.clamp_min(1)[:, None], 0.5)
+        vert, flags = dual_vertices(cv)
         frac = ((vert + voxel_margin) / (1 + 2 * voxel_margin)).clamp(1e-4, 1 - 1e-4)
         raw = torch.cat([torch.logit(frac), flags.float() * 20 - 10,
                          torch.full((n, 1), math.log(math.expm1(1.0)), device=c.device)], dim=1)
@@ -158,21 +139,6 @@ def surrogate_raw(coords: Tensor, res: int, voxel_margin: float, chunk: int = 1 
 
 
 # ------------------------------------------------------------------------------------------------ injection
-def _guided_upsample(decoder: FlexiDualGridVaeDecoder, latent: SparseTensor, masks: list[Tensor]) -> Tensor:
-    """``upsample(latent, 4)`` with given subdivisions: 3 full levels, then the 4th up-block's split (same work)."""
-    h = decoder._embed(latent)
-    for i in range(4):
-        for block in decoder.blocks[i]:
-            with weights_on_device(block):
-                if isinstance(block, SparseResBlockC2S3d):
-                    if i == 3:
-                        return block.subdivision(h, masks[i].float() * 2 - 1)[0].coords
-                    h, _ = block(h, masks[i].float() * 2 - 1)
-                else:
-                    h = block(h)
-    raise AssertionError("the shape decoder has fewer than 4 up-blocks")
-
-
 @contextlib.contextmanager
 def inject(geo: Geometry, mark: Callable[[str], None] | None = None) -> Iterator[None]:
     """Make the real pipeline follow the surrogate surface (see the module docstring) inside the ``with`` body."""
@@ -196,7 +162,7 @@ def inject(geo: Geometry, mark: Callable[[str], None] | None = None) -> Iterator
         if geo.up_width is None or upsample_times != 4:
             raise RuntimeError("surrogate upsample: only the cascade's upsample(latent, 4) is injected")
         masks, _ = subdivision_chain(latent.coords, LR_RES, geo.up_width, 4)
-        coords = _guided_upsample(self, latent, masks)
+        coords = guided_upsample(self, latent, masks)
         note("upsample")
         return coords
 
