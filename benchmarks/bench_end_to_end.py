@@ -137,6 +137,15 @@ def _load_weights(pipe: Pipeline, ptype: PipelineType) -> None:
     pipe.image_cond_model  # noqa: B018 - loads DINOv3
 
 
+def _compiled_graphs() -> int:
+    """How many graphs TorchDynamo has compiled in this process (0 where nothing is compiled)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return int(counters["stats"]["unique_graphs"])
+
+
 def run_child(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     out = {"process": args.child, "env": _env_info(device), "cache_env": {k: os.environ.get(k) for k in CACHE_ENV},
@@ -200,6 +209,9 @@ def run_child(args: argparse.Namespace) -> int:
             rec["faces_out"] = int(res.export.faces)
             rec["decoded_faces"] = int(res.pipeline.decoded.meshes[0].num_faces)
             rec["n_hr"] = int(res.pipeline.shape.slat.num_voxels)
+            # graphs torch.compile has made in this process so far: a warm repeat must add none (a growing count
+            # means recompiles inside the timed runs, as a global module hook once caused)
+            rec["compiled_graphs"] = _compiled_graphs()
             del res  # its latents and meshes must not stay on the device across runs
             seen.add(key)
         except Exception as err:  # one failing configuration must not lose the others
@@ -210,7 +222,8 @@ def run_child(args: argparse.Namespace) -> int:
         rec["wall_s"] = last_s
         out["runs"].append(rec)
         print(f"[{args.child}] {key} {rec['cache_state']}: " + (
-            f"total {rec['total_s']:.2f} s, peak {rec.get('peak_allocated_gb', 0):.2f} GB" if "total_s" in rec
+            f"total {rec['total_s']:.2f} s, peak {rec.get('peak_allocated_gb', 0):.2f} GB, "
+            f"{rec['compiled_graphs']} compiled graphs so far" if "total_s" in rec
             else rec.get("error", rec.get("skipped", ""))), flush=True)
         save()
     return 0
@@ -254,7 +267,7 @@ def table(results: dict) -> str:
     for s in stages:
         lines.append(f"| {s} | " + " | ".join(f"{r['stages_s'].get(s, 0):.2f}" for _, r in runs) + " |")
     lines.append("| **total (image_to_glb)** | " + " | ".join(f"**{r['total_s']:.2f}**" for _, r in runs) + " |")
-    for k in ("peak_allocated_gb", "peak_reserved_gb", "decoded_faces", "faces_out", "n_hr"):
+    for k in ("peak_allocated_gb", "peak_reserved_gb", "decoded_faces", "faces_out", "n_hr", "compiled_graphs"):
         lines.append(f"| {k} | " + " | ".join(str(r.get(k, "-")) for _, r in runs) + " |")
     for p in results["processes"]:
         for r in p["runs"]:

@@ -38,6 +38,7 @@ def test_bench_end_to_end_tiny_cpu(tmp_path: Path, capsys: pytest.CaptureFixture
         head = glb.read_bytes()[:12]
         assert head[:4] == b"glTF" and int.from_bytes(head[8:12], "little") == glb.stat().st_size
         assert run["decoded_faces"] > 0 and run["faces_out"] > 0
+        assert run["compiled_graphs"] == 0  # the CPU runs the blocks eagerly: nothing is compiled
     # the cold process's caches live in the given folder, one sub-folder per variable
     assert procs["cold"]["cache_env"]["TRITON_CACHE_DIR"].startswith(str(tmp_path / "cache"))
     assert "| **total (image_to_glb)** |" in capsys.readouterr().out
