@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import os
 import subprocess
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 _HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
 _CACHE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR")
 
 # (category, path fragments); the first category found walking the stack from the outermost frame wins, so a
@@ -92,10 +93,7 @@ class StackSampler:
 def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    spec = importlib.util.spec_from_file_location("bench_pipeline", _HERE / "bench_pipeline.py")
-    bp = importlib.util.module_from_spec(spec)
-    sys.modules["bench_pipeline"] = bp
-    spec.loader.exec_module(bp)
+    import bench_pipeline as bp  # benchmarks/ is on sys.path
     from trellis2_core.pipeline.stages import PipelineType
 
     device = torch.device(args.device)

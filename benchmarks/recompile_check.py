@@ -14,7 +14,6 @@ happened.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -31,14 +30,6 @@ _KEYS = {"sparse_structure_flow_model": ("flows", "ss"), "sparse_structure_decod
          "shape_slat_flow_model_512": ("flows", "shape_512"), "shape_slat_flow_model_1024": ("flows", "shape_1024"),
          "tex_slat_flow_model_512": ("flows", "tex_512"), "tex_slat_flow_model_1024": ("flows", "tex_1024"),
          "shape_slat_decoder": ("shape_dec", None), "tex_slat_decoder": ("tex_dec", None)}
-
-
-def _bench_pipeline():
-    spec = importlib.util.spec_from_file_location("bench_pipeline", _HERE / "bench_pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_pipeline"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from trellis2_core.pipeline.pipeline import Conditioning, Pipeline
     from trellis2_core.pipeline.stages import PipelineType, StageHooks
 
-    bp = _bench_pipeline()
+    import bench_pipeline as bp  # the same module surrogate.py uses (benchmarks/ is on sys.path)
     device = torch.device(args.device)
     ptype = PipelineType.parse(args.type)
     keys = {"ss"} | ({"shape_512", "shape_1024", "tex_1024"} if ptype.cascade else {"shape_512", "tex_512"})
