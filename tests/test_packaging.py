@@ -85,7 +85,9 @@ def test_pypi_kernels_wins_from_the_repository_root():
     done = _run([sys.executable, "-c", code], cwd=ROOT)
     assert done.returncode == 0, done.stderr
     kernels_file, ours = done.stdout.split()
-    assert not Path(kernels_file).resolve().is_relative_to(ROOT)
+    # our folder must not answer (a venv inside the checkout, as the README suggests, holds PyPI's kernels under
+    # the repo root: only our own kernels/ folder is ruled out)
+    assert not Path(kernels_file).resolve().is_relative_to((ROOT / "kernels").resolve())
     assert ours == "trellis2_kernels"
 
 
