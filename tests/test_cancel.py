@@ -208,8 +208,10 @@ def test_cancel_inside_the_matting_model(pipe, image, tmp_path):
     assert "background removal" in str(err)
 
 
-@pytest.mark.parametrize("stage", ["export:start", "export:fill_holes", "export:clean", "export:decimate",
-                                   "export:unwrap", "export:bake"])
+@pytest.mark.parametrize("stage", ["export:fill_holes", "export:clean", "export:decimate", "export:unwrap",
+                                   "export:bake"])
 def test_cancel_inside_each_export_step(pipe, image, tmp_path, stage):
-    # a poll after the report of step X comes from the work of the step after it (export:start → fill holes)
+    # a poll after the report of step X comes from the work of the step after it (export:clean → decimation).
+    # 'export:start' does no work any more: hole filling, clean-up and decimation begin when the shape is decoded,
+    # while the material is sampled (test_cancel_inside_each_generation_stage's 'tex' cancels during them)
     _cancel(pipe, image, tmp_path, CancelAt(stage, 2))

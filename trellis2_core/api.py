@@ -25,8 +25,8 @@ from .errors import InputError, OutOfMemoryError, is_out_of_memory
 from .mesh.types import Mesh, PbrVoxels
 from .optional import check_installed
 from .pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS, DEFAULT_SEED, Pipeline, PipelineResult, SamplerOverrides
-from .pipeline.stages import StageHooks
-from .postprocess import ExportConfig, ExportReport, export_glb, fill_holes
+from .pipeline.stages import Decoded, StageHooks
+from .postprocess import ExportConfig, ExportReport, GeometryJob, export_glb, fill_holes, start_geometry
 from .preprocess.background import BiRefNetMatting, Matting, load_matting_model, prepare_image, resolve_background
 from .preprocess.image import MIN_FOREGROUND_SIDE, check_image_size
 from .sparse import SparseTensor
@@ -143,6 +143,36 @@ def _check_packages(pipeline: Any, cfg: ExportConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main entry
+class _EarlyGeometry:
+    """``on_shape_decoded`` of :meth:`Pipeline.run_from_conditioning`: checks the decoded mesh, fills its holes
+    (§8.2) and starts the export's geometry (:func:`start_geometry`), so the decimation runs on the CPU while the
+    GPU samples the material; :func:`export_glb` then takes ``job``."""
+
+    def __init__(self, cfg: ExportConfig, poll: Callable[[], bool]) -> None:
+        self.cfg, self.poll = cfg, poll
+        self.mesh: Mesh | None = None
+        self.job: GeometryJob | None = None
+
+    def __call__(self, shapes: Decoded) -> None:
+        if not shapes.meshes:
+            raise InputError("decoding produced no mesh")
+        mesh = shapes.meshes[0]
+        if mesh.num_faces == 0:
+            raise InputError("the decoded mesh has no faces (the shape latent decodes to nothing); try another "
+                             "seed or image")
+        if _non_finite(mesh.vertices):
+            raise InputError("the decoded mesh contains NaN/Inf values; use dtype bfloat16/float32")
+        with cancel_scope(self.poll):
+            # §8.2: decode_latent's hole filling (export fills again, §13 item 26)
+            self.mesh = fill_holes(mesh)
+            self.job = start_geometry(self.mesh, self.cfg, shapes.res)
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
+
+
 class _Tracker:
     """Forwards progress, remembers the current stage, announces 'decode' when the last material step ends."""
 
@@ -274,25 +304,29 @@ def image_to_glb(
             cond = pipe.condition(cond_image, run_type)
         track("condition", 1, 1)
         guarded = _FiniteModels(pipe.models, lambda: track.stage)
+        early = _EarlyGeometry(cfg, track.cancelled)
         try:
             runner = Pipeline(pipe.config, guarded, image_cond_model=pipe.image_cond_model,
                               models_dir=pipe.models_dir)
             hooks = StageHooks(progress=track, should_cancel=track.cancelled)
             result = runner.run_from_conditioning(cond, seed=args.seed, pipeline_type=run_type,
                                                   samplers=args.samplers, max_num_tokens=args.max_num_tokens,
-                                                  hooks=hooks, fast=FastPathConfig.fast() if fast is None else fast)
+                                                  hooks=hooks, fast=FastPathConfig.fast() if fast is None else fast,
+                                                  on_shape_decoded=early)
+            mesh, pbr = _check_outputs(result)
+            track("decode", 1, 1)
+            timings["generate"] = time.perf_counter() - clock
+
+            clock = time.perf_counter()
+            track("export:start", 0, 1)
+            assert early.mesh is not None  # run_from_conditioning called it
+            with cancel_scope(track.cancelled):
+                report = export_glb(early.mesh, pbr, args.target, cfg, track, geometry=early.job)
+            early.job = None
+            timings["export"] = time.perf_counter() - clock
         finally:
             guarded.close()
-        mesh, pbr = _check_outputs(result)
-        track("decode", 1, 1)
-        timings["generate"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        track("export:start", 0, 1)
-        with cancel_scope(track.cancelled):
-            mesh = fill_holes(mesh)  # §8.2: decode_latent's hole filling (export fills again, §13 item 26)
-            report = export_glb(mesh, pbr, args.target, cfg, track)
-        timings["export"] = time.perf_counter() - clock
+            early.cancel()
     except (RuntimeError, MemoryError) as err:
         if not is_out_of_memory(err):
             raise

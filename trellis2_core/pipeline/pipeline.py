@@ -31,8 +31,8 @@ from ..params import check_device_name, check_dtype_name, check_max_num_tokens, 
 from ..preprocess import preprocess_image
 from .sampler import SamplerParams
 from .stages import (
-    Conditioning, Decoded, MaterialLatent, PipelineType, ShapeLatent, StageHooks, Structure, decode,
-    sample_material, sample_shape, sample_shape_cascade, sample_structure,
+    Conditioning, Decoded, MaterialLatent, PipelineType, ShapeLatent, StageHooks, Structure, decode, decode_shape,
+    decode_texture, sample_material, sample_shape, sample_shape_cascade, sample_structure,
 )
 
 __all__ = ["Pipeline", "PipelineResult", "SamplerOverrides", "DEFAULT_SEED", "DEFAULT_MAX_NUM_TOKENS"]
@@ -267,8 +267,14 @@ class Pipeline:
                               samplers: SamplerOverrides | None = None,
                               max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS,
                               hooks: StageHooks = StageHooks(),
-                              fast: FastPathConfig | None = None) -> PipelineResult:
-        """Sampling and decoding from precomputed conditioning; noise order SS, shape (LR, HR), texture (§1.5)."""
+                              fast: FastPathConfig | None = None,
+                              on_shape_decoded: Callable[[Decoded], None] | None = None) -> PipelineResult:
+        """Sampling and decoding from precomputed conditioning; noise order SS, shape (LR, HR), texture (§1.5).
+
+        ``on_shape_decoded``: when given, the shape is decoded *before* the material is sampled and this is called
+        with the meshes (no PBR yet), so that the caller can start mesh work on the CPU (e.g.
+        :func:`~trellis2_core.postprocess.export.start_geometry`) while the GPU samples the material. The results
+        are the same either way (decoding draws no noise); the meshes and subdivisions stay in memory meanwhile."""
         ptype = self._type(pipeline_type)
         seed = check_seed(seed)
         check_max_num_tokens(max_num_tokens)
@@ -279,8 +285,16 @@ class Pipeline:
                                        hooks=hooks, fast=fast)
         shape = self.run_shape(cond, structure, gen, pipeline_type=ptype, sampler=samplers.shape_slat,
                                max_num_tokens=max_num_tokens, hooks=hooks, fast=fast)
+        shapes = None
+        if on_shape_decoded is not None:
+            with cancel_scope(hooks.should_cancel):  # decoders poll between their blocks
+                shapes = decode_shape(self.models("shape_slat_decoder"), shape.slat, shape.res)
+            on_shape_decoded(shapes)
         material = self.run_material(cond, shape, gen, pipeline_type=ptype, sampler=samplers.tex_slat, hooks=hooks,
                                      fast=fast)
         with cancel_scope(hooks.should_cancel):  # decoders poll between their blocks
-            decoded = self.run_decode(shape, material)
+            if shapes is None:
+                decoded = self.run_decode(shape, material)
+            else:
+                decoded = decode_texture(self.models("tex_slat_decoder"), material.slat, shapes)
         return PipelineResult(ptype, int(seed), cond, structure, shape, material, decoded)

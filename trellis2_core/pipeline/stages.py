@@ -31,7 +31,7 @@ from .sampler import ModelCall, SamplerParams, sample_flow_euler
 __all__ = [
     "PipelineType", "Conditioning", "SamplingRun", "Structure", "ShapeLatent", "MaterialLatent", "Decoded",
     "StageHooks", "draw_noise", "sample_structure", "sample_shape", "sample_shape_cascade", "sample_material",
-    "decode",
+    "decode", "decode_shape", "decode_texture",
 ]
 
 Latent = Union[Tensor, SparseTensor]
@@ -283,11 +283,23 @@ def sample_material(flow: nn.Module, cond: Tensor, shape_slat: SparseTensor, par
 def decode(shape_decoder: nn.Module, tex_decoder: nn.Module | None, shape_slat: SparseTensor,
            tex_slat: SparseTensor | None, res: int) -> Decoded:
     """Shape decoder at grid ``res`` → meshes + subdivisions; texture decoder guided by them → PBR voxels (§5.2)."""
+    shapes = decode_shape(shape_decoder, shape_slat, res)
+    return decode_texture(tex_decoder, tex_slat, shapes) if tex_decoder is not None else shapes
+
+
+@torch.no_grad()
+def decode_shape(shape_decoder: nn.Module, shape_slat: SparseTensor, res: int) -> Decoded:
+    """The first half of :func:`decode`: meshes and the subdivisions that guide the texture decoder (no PBR)."""
     with weights_on_device(shape_decoder), cancel_on_forward(shape_decoder, where="mesh decoding"):
         dec = shape_decoder.decode(shape_slat.to(execution_device(shape_decoder)), int(res))
-    pbr: list[PbrVoxels] = []
-    if tex_decoder is not None and tex_slat is not None:
-        with weights_on_device(tex_decoder), cancel_on_forward(tex_decoder, where="texture decoding"):
-            raw = tex_decoder(tex_slat.to(execution_device(tex_decoder)), guide_subs=dec.subs)
-        pbr = pbr_voxels(raw, int(res))
-    return Decoded(meshes=list(dec.meshes), pbr=pbr, subs=list(dec.subs), res=int(res))
+    return Decoded(meshes=list(dec.meshes), pbr=[], subs=list(dec.subs), res=int(res))
+
+
+@torch.no_grad()
+def decode_texture(tex_decoder: nn.Module, tex_slat: SparseTensor | None, shapes: Decoded) -> Decoded:
+    """The second half of :func:`decode`: ``shapes`` (from :func:`decode_shape`) with its PBR voxels."""
+    if tex_slat is None:
+        return shapes
+    with weights_on_device(tex_decoder), cancel_on_forward(tex_decoder, where="texture decoding"):
+        raw = tex_decoder(tex_slat.to(execution_device(tex_decoder)), guide_subs=shapes.subs)
+    return Decoded(meshes=shapes.meshes, pbr=pbr_voxels(raw, shapes.res), subs=shapes.subs, res=shapes.res)

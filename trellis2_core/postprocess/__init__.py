@@ -6,8 +6,10 @@ from __future__ import annotations
 from .bake import BakedTextures, bake_pbr_textures, sample_pbr_voxels
 from .clean import clean_mesh, remove_unreferenced_vertices, unify_orientation
 from .closest import ClosestPoints, TriangleGrid, closest_points
-from .decimate import decimate_mesh
-from .export import ExportConfig, ExportReport, export_glb, simplify_mesh, texture_mesh, vertex_normals
+from .decimate import DecimationJob, decimate_mesh, start_decimation
+from .export import (
+    ExportConfig, ExportReport, GeometryJob, export_glb, simplify_mesh, start_geometry, texture_mesh, vertex_normals,
+)
 from .glb import write_glb
 from .holes import fill_holes
 from .remesh import remesh_narrow_band
@@ -16,8 +18,10 @@ from .unwrap import UvAtlas, count_flipped, unwrap_uv
 __all__ = [
     "BakedTextures",
     "ClosestPoints",
+    "DecimationJob",
     "ExportConfig",
     "ExportReport",
+    "GeometryJob",
     "TriangleGrid",
     "UvAtlas",
     "bake_pbr_textures",
@@ -31,6 +35,8 @@ __all__ = [
     "remove_unreferenced_vertices",
     "sample_pbr_voxels",
     "simplify_mesh",
+    "start_decimation",
+    "start_geometry",
     "texture_mesh",
     "unify_orientation",
     "unwrap_uv",

@@ -20,7 +20,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -32,13 +32,14 @@ from ..mesh.types import Mesh, PbrVoxels, TexturedMesh
 from .bake import bake_pbr_textures
 from .clean import clean_mesh, remove_unreferenced_vertices
 from .closest import TriangleGrid
-from .decimate import decimate_mesh
+from .decimate import DecimationJob, decimate_mesh, start_decimation
 from .glb import ALPHA_MODES, TEXTURE_FORMATS, check_output_path, write_glb
 from .holes import fill_holes
 from .remesh import remesh_narrow_band
 from .unwrap import UvAtlas, unwrap_uv
 
-__all__ = ["ExportConfig", "ExportReport", "export_glb", "simplify_mesh", "texture_mesh", "vertex_normals"]
+__all__ = ["ExportConfig", "ExportReport", "GeometryJob", "export_glb", "simplify_mesh", "start_geometry",
+           "texture_mesh", "vertex_normals"]
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +162,74 @@ def _clean(mesh: Mesh, min_component_area: float) -> Mesh:
 
 
 def _decimate(work: Mesh, target_faces: int) -> tuple[Mesh, bool]:
-    decimated = decimate_mesh(work, target_faces)
+    return _after_decimation(work, decimate_mesh(work, target_faces))
+
+
+def _after_decimation(work: Mesh, decimated: Mesh) -> tuple[Mesh, bool]:
     moved = decimated is not work
     # QEM quadrics ignore winding, so orientation is unified once, on the (smaller) decimated mesh
     work, _ = remove_unreferenced_vertices(clean_mesh(decimated))
     if work.num_faces == 0:
         raise InputError(_NOTHING_LEFT)
     return work, moved
+
+
+class GeometryJob:
+    """The export's geometry begun early by :func:`start_geometry`; hand it to :func:`export_glb` (``geometry=``).
+
+    Hole filling and clean-up (or the remesh) have run; the decimation runs in a child process meanwhile when the
+    mesh is large (see :mod:`.simplify_process`). Call :meth:`cancel` if the export will not happen."""
+
+    def __init__(self, mesh: Mesh, config: ExportConfig, resolution: int | None,
+                 advance: Callable[[str], None] | None = None) -> None:
+        self.mesh, self.config, self.resolution = mesh, config, resolution
+        self.timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        self.original = fill_holes(mesh, config.fill_holes_perimeter)  # §9.1 step 2: kept for attribute transfer
+        self.surface: TriangleGrid | None = None
+        self.timings["fill_holes"] = time.perf_counter() - clock
+        if advance is not None:
+            advance("fill_holes")
+        clock = time.perf_counter()
+        if config.remesh:
+            if resolution is None:
+                raise InputError("start_geometry with remesh=True needs the decoded grid resolution")
+            self.surface = TriangleGrid(self.original.vertices, self.original.faces)
+            self.work = remesh_narrow_band(self.original, int(resolution), float(config.remesh_band),
+                                           float(config.remesh_project), grid=self.surface)
+            stage = "remesh"
+        else:
+            self.work = _clean(self.original, config.min_component_area)
+            stage = "clean"
+        self.timings[stage] = time.perf_counter() - clock
+        if advance is not None:
+            advance(stage)
+        self.job: DecimationJob = start_decimation(self.work, config.target_faces)
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+    def finish(self) -> tuple[Mesh, Mesh | TriangleGrid | None]:
+        """(the simplified mesh, what the texels are projected onto: None when they lie on it)."""
+        decimated = self.job.result()
+        if self.config.remesh:
+            work, _ = remove_unreferenced_vertices(clean_mesh(decimated, orient=False))
+            if work.num_faces == 0:
+                raise InputError(_NOTHING_LEFT)
+            return work, self.surface
+        work, moved = _after_decimation(self.work, decimated)
+        return work, (self.original if moved else None)
+
+
+def start_geometry(mesh: Mesh, config: ExportConfig | None = None, resolution: int | None = None) -> GeometryJob:
+    """Begin :func:`export_glb`'s geometry for ``mesh`` now (fill holes, clean or remesh, and start decimating), so
+    that the decimation's seconds on the CPU overlap whatever the caller does next on the GPU; then call
+    ``export_glb(mesh, voxels, path, config, geometry=job)`` with the same mesh and config. ``resolution`` is the
+    decoded grid's (``PbrVoxels.resolution``), needed only with ``remesh``."""
+    if config is not None and not isinstance(config, ExportConfig):
+        raise InputError(f"export config must be an ExportConfig, got {type(config).__name__}")
+    check_mesh(mesh, "GLB export", max_abs=_MAX_COORDINATE)
+    return GeometryJob(mesh, config or ExportConfig(), resolution)
 
 
 def texture_mesh(mesh: Mesh, atlas: UvAtlas, pbr_voxels: PbrVoxels, texture_size: int,
@@ -192,7 +254,7 @@ def _texture(mesh: Mesh, atlas: UvAtlas, pbr_voxels: PbrVoxels, texture_size: in
 
 def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, config: ExportConfig | None = None,
                progress: ExportProgress | None = None, *, atlas: UvAtlas | None = None,
-               surface: Mesh | None = None) -> ExportReport:
+               surface: Mesh | None = None, geometry: GeometryJob | None = None) -> ExportReport:
     """Post-process ``mesh`` (Z-up, inside [-0.5, 0.5]³), bake ``pbr_voxels`` into textures and write a GLB.
 
     With ``atlas`` (``mesh`` already simplified and unwrapped, e.g. by the staged nodes) only the bake and the
@@ -204,11 +266,32 @@ def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, confi
     :class:`~trellis2_core.errors.CancelledError` within about a second of ``progress.cancelled()`` (or any
     enclosing :func:`~trellis2_core.cancel.cancel_scope` poll) turning true; a cancelled or failed export leaves
     no file behind. The report's ``asset`` holds what was written.
+
+    ``geometry``: the job :func:`start_geometry` began for this ``mesh`` and ``config`` (its stages are not run
+    again; a failed export cancels it).
     """
+    try:
+        return _export_checked(mesh, pbr_voxels, path, config, progress, atlas, surface, geometry)
+    except BaseException:
+        if geometry is not None:
+            geometry.cancel()
+        raise
+
+
+def _export_checked(mesh, pbr_voxels, path, config, progress, atlas, surface, geometry) -> ExportReport:
     if config is not None and not isinstance(config, ExportConfig):
         raise InputError(f"export config must be an ExportConfig, got {type(config).__name__}")
     cfg = config or ExportConfig()
     _validate(mesh, pbr_voxels)
+    if geometry is not None:
+        if not isinstance(geometry, GeometryJob):
+            raise InputError(f"geometry must be what start_geometry returned, got {type(geometry).__name__}")
+        if geometry.mesh is not mesh or geometry.config != cfg or atlas is not None or surface is not None:
+            raise InputError("geometry was started for another mesh or export config (or with an atlas/surface): "
+                             "pass the same mesh and config to start_geometry and export_glb")
+        if cfg.remesh and geometry.resolution != pbr_voxels.resolution:
+            raise InputError(f"geometry was remeshed at resolution {geometry.resolution}, the voxels are at "
+                             f"{pbr_voxels.resolution}")
     if atlas is not None and cfg.remesh:
         raise InputError("remesh cannot change a mesh that is already UV-unwrapped: turn remesh off or remove the "
                          "UV Unwrap node")
@@ -216,11 +299,12 @@ def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, confi
         check_mesh(surface, "GLB export (projection surface)", max_abs=_MAX_COORDINATE)
     target = check_output_path(path)
     with contextlib.ExitStack() as scope:
-        return _export(mesh, pbr_voxels, target, cfg, progress, scope, atlas, surface)
+        return _export(mesh, pbr_voxels, target, cfg, progress, scope, atlas, surface, geometry)
 
 
 def _export(mesh: Mesh, pbr_voxels: PbrVoxels, target, cfg: ExportConfig, progress: ExportProgress | None,
-            scope: contextlib.ExitStack, atlas: UvAtlas | None, given_surface: Mesh | None) -> ExportReport:
+            scope: contextlib.ExitStack, atlas: UvAtlas | None, given_surface: Mesh | None,
+            geometry: GeometryJob | None) -> ExportReport:
     """The export stages of :func:`export_glb` (inputs checked). ``progress.cancelled`` becomes an active cancel
     poll once the first stage has been reported (so a progress object is always asked after its first step)."""
     if atlas is not None:
@@ -230,9 +314,9 @@ def _export(mesh: Mesh, pbr_voxels: PbrVoxels, target, cfg: ExportConfig, progre
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
 
-    def advance(stage: str) -> None:
+    def advance(stage: str, seconds: float | None = None) -> None:
         now = time.perf_counter()
-        timings[stage] = now - clock[0]
+        timings[stage] = now - clock[0] if seconds is None else seconds
         clock[0] = now
         log.debug("export stage %s: %.3f s", stage, timings[stage])
         if progress is not None:
@@ -249,23 +333,12 @@ def _export(mesh: Mesh, pbr_voxels: PbrVoxels, target, cfg: ExportConfig, progre
         advance("fill_holes")
         work = mesh
     else:
-        original = fill_holes(mesh, cfg.fill_holes_perimeter)  # §9.1 step 2: kept for attribute transfer
-        advance("fill_holes")
-        if cfg.remesh:
-            surface = TriangleGrid(original.vertices, original.faces)
-            work = remesh_narrow_band(original, pbr_voxels.resolution, float(cfg.remesh_band),
-                                      float(cfg.remesh_project), grid=surface)
-            advance("remesh")
-            work = clean_mesh(decimate_mesh(work, cfg.target_faces), orient=False)
-            work, _ = remove_unreferenced_vertices(work)
-            if work.num_faces == 0:
-                raise InputError(_NOTHING_LEFT)
+        if geometry is not None:  # begun earlier by start_geometry: report its stages
+            for stage in ("fill_holes", "remesh" if cfg.remesh else "clean"):
+                advance(stage, geometry.timings[stage])
         else:
-            work = _clean(original, cfg.min_component_area)
-            advance("clean")
-            work, moved = _decimate(work, cfg.target_faces)
-            if moved:  # the surface moved: project texels back onto the original (§9.5 step 3)
-                surface = original
+            geometry = GeometryJob(mesh, cfg, pbr_voxels.resolution, advance)
+        work, surface = geometry.finish()
         advance("decimate")
         atlas = unwrap_uv(work, cfg.texture_size, padding=cfg.uv_padding)
         advance("unwrap")
