@@ -38,9 +38,9 @@ NORM_CHUNK_ELEMENTS = 1 << 24
 
 def rowwise_in_chunks(fn: Callable[[Tensor], Tensor], t: Tensor, out_dtype: torch.dtype, out_cols: int) -> Tensor:
     """``fn(t)`` for a row-wise ``fn`` on a 2-D ``t``, evaluated over row chunks of :data:`NORM_CHUNK_ELEMENTS`
-    into one output ``[N, out_cols]``, so that the float32 temporaries of ``fn`` stay at one chunk (each row's
-    result is computed exactly as unchunked). Not used while tracing for ``torch.compile``, which fuses those
-    temporaries away."""
+    into one output ``[N, out_cols]``, so that the float32 temporaries of ``fn`` stay at one chunk (a row-wise norm
+    computes each row exactly as unchunked; a GEMM inside ``fn`` may round differently for another row count, as
+    any GEMM library may). Not used while tracing for ``torch.compile``, which fuses those temporaries away."""
     rows = max(1, NORM_CHUNK_ELEMENTS // max(1, t.shape[-1]))
     if t.dim() != 2 or t.shape[0] <= rows or torch.compiler.is_compiling():
         return fn(t).to(out_dtype)
