@@ -515,6 +515,17 @@ def markdown(result: dict) -> str:
             lines += ["", "| atlas | ours | core |", "|---|---|---|"]
             for k in (qa or qc):
                 lines.append(f"| {k} | {_fmt((qa or {}).get(k))} | {_fmt((qc or {}).get(k))} |")
+    whole = result.get("whole")
+    if whole:
+        lines += ["", "Image → GLB composed from the parts above (every sampler step at the official settings; "
+                      "conditioning, structure decoder and mesher left out of both):", "",
+                  "| part | steps (batch-2 + batch-1) | ours ms | core ms | core / ours |", "|---|---|---|---|---|"]
+        for name, p in whole["parts"].items():
+            steps = f"{p['guided_steps']} + {p['unguided_steps']}" if "guided_steps" in p else ""
+            ratio = f"{p['core_ms'] / p['ours_ms']:.2f}" if p.get("core_ms") and p.get("ours_ms") else "–"
+            lines.append(f"| {name} | {steps} | {_fmt(p.get('ours_ms'))} | {_fmt(p.get('core_ms'))} | {ratio} |")
+        ratio = f"{whole['core_over_ours']:.2f}" if whole.get("core_over_ours") else "–"
+        lines.append(f"| **total** | | {_fmt(whole.get('ours_ms'))} | {_fmt(whole.get('core_ms'))} | **{ratio}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -522,6 +533,61 @@ def _fmt(v) -> str:
     if v is None:
         return "–"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# ------------------------------------------------------------------------------------------------ whole path
+def dit_passes() -> dict[str, tuple[int, int]]:
+    """(guided steps: one batch-2 call each, unguided steps: one batch-1 call each) per DiT stage, from the official
+    sampler settings (pipeline.json, spec §1.4) and our sampler's own schedule and interval rule."""
+    from trellis2_core.loading.official import SAMPLERS
+    from trellis2_core.pipeline.sampler import SamplerParams, timestep_pairs
+
+    out = {}
+    for stage, block in (("structure", "sparse_structure_sampler"), ("shape_lr", "shape_slat_sampler"),
+                         ("shape_hr", "shape_slat_sampler"), ("texture", "tex_slat_sampler")):
+        p = SamplerParams.from_pipeline(SAMPLERS[block])
+        lo, hi = p.guidance_interval
+        guided = sum(1 for t, _ in timestep_pairs(p.steps, p.rescale_t)
+                     if p.guidance_strength != 1 and lo <= t <= hi)
+        out[stage] = (guided, p.steps - guided)
+    return out
+
+
+def whole_path(result: dict) -> dict:
+    """Image → GLB composed from this run's parts, the same way for both sides: every sampler step of every DiT
+    stage (a guided step = one batch-2 forward, an unguided one = one batch-1 forward, half of "2 x batch 1"),
+    both decoders, and the post-processing stages. Conditioning, the structure decoder and the mesher are left
+    out of both (well under 1 % of either side). Missing parts make the total None."""
+    rows = {(r["stage"], r.get("cfg")): r for r in result.get("dit", [])}
+    rows.update({(r["stage"], None): r for r in result.get("decoders", [])})
+    parts: dict[str, dict] = {}
+    for stage, (guided, plain) in dit_passes().items():
+        b2, b1x2 = rows.get((stage, "batch 2")), rows.get((stage, "2 x batch 1"))
+        part = {"guided_steps": guided, "unguided_steps": plain}
+        for who in ("ours", "core"):
+            t2 = b2.get(f"{who}_ms") if b2 else None
+            t1 = b1x2.get(f"{who}_ms") / 2 if b1x2 and b1x2.get(f"{who}_ms") is not None else None
+            part[f"{who}_ms"] = (None if (guided and t2 is None) or (plain and t1 is None)
+                                 else guided * (t2 or 0.0) + plain * (t1 or 0.0))
+        parts[stage] = part
+    for stage in ("shape_decoder", "tex_decoder"):
+        r = rows.get((stage, None), {})
+        parts[stage] = {"ours_ms": r.get("ours_ms"), "core_ms": r.get("core_ms")}
+    post = result.get("post")
+    if post:
+        part = {}
+        for who in ("ours", "core"):
+            st = post[who]["stages"]
+            ok = st and all("ms" in v for v in st.values())
+            part[f"{who}_ms"] = sum(v["ms"] for k, v in st.items() if not k.startswith("export_glb")) if ok else None
+        parts["post"] = part
+    whole = {"parts": parts}
+    for who in ("ours", "core"):
+        values = [p[f"{who}_ms"] for p in parts.values()]
+        whole[f"{who}_ms"] = None if any(v is None for v in values) or not post else sum(values)
+    if whole["ours_ms"] and whole["core_ms"]:
+        whole["core_over_ours"] = whole["core_ms"] / whole["ours_ms"]
+    return whole
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -536,6 +602,8 @@ def parse_args(argv=None):
     ap.add_argument("--skip", default="", help="comma list of parts to skip: dit, decoders, post")
     ap.add_argument("--stages", default=",".join(ALL_STAGES), help="DiT / decoder stages to run")
     ap.add_argument("--hr", type=int, choices=(1024, 1536), default=1024, help="HR token count: 20 K / 47 K")
+    ap.add_argument("--targets", default=None, help="N_LR,N_HR,finest voxels instead of --hr's (e.g. the end-to-end "
+                    "benchmark's surrogate: 4001,14421,2500000)")
     ap.add_argument("--repeat", type=int, default=3, help="timed calls after one warm-up")
     ap.add_argument("--ours-mode", choices=("fast", "reference"), default="fast")
     ap.add_argument("--compile", action="store_true", help="torch.compile our DiT blocks (fast mode)")
@@ -585,6 +653,10 @@ def main(argv=None) -> dict:
     if not {"dit", "decoders"} <= args.skip:
         ptype = PipelineType.parse(f"{args.hr}_cascade")
         targets = (_TARGETS_TINY if args.tiny else _TARGETS)[ptype.name]
+        if args.targets:
+            targets = tuple(int(v) for v in args.targets.split(","))
+            if len(targets) != 3:
+                raise SystemExit("--targets: write N_LR,N_HR,VOXELS")
         t = time.perf_counter()
         geo = make_geometry(ptype, targets, device)
         result["meta"].update(geometry_s=round(time.perf_counter() - t, 1), n_lr=int(geo.lr_coords.shape[0]),
@@ -614,6 +686,7 @@ def main(argv=None) -> dict:
         post["core"] = core_post(mesh, voxels, args.faces, args.texture_size, device, comfy, args.core_timeout)
         print("core post:", json.dumps(post["core"]["stages"]), flush=True)
         result["post"] = post
+    result["whole"] = whole_path(result)
     md = markdown(result)
     print("\n" + md)
     if args.json:

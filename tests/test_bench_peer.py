@@ -65,3 +65,36 @@ def test_core_stage_past_its_deadline_is_recorded(comfy, tmp_path):
     notes = [v.get("note", "") for v in stages.values()]
     assert any(n == "did not finish in 0.01 s" for n in notes), stages
     assert "atlas" in res["post"]["ours"]
+
+
+def test_whole_path_counts_every_official_sampler_step_for_both_sides():
+    """No ComfyUI needed: the composed image → GLB total from a synthetic result."""
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.bench_peer import dit_passes, markdown, whole_path
+
+    assert dit_passes() == {"structure": (10, 2), "shape_lr": (9, 3), "shape_hr": (9, 3), "texture": (0, 12)}
+    dit = []
+    for stage, (b2, b1) in {"structure": (10.0, 12.0), "shape_lr": (20.0, 24.0), "shape_hr": (100.0, 120.0),
+                            "texture": (100.0, 120.0)}.items():
+        dit.append({"part": "dit", "stage": stage, "cfg": "batch 2", "tokens": 1, "ours_ms": b2, "core_ms": 2 * b2})
+        dit.append({"part": "dit", "stage": stage, "cfg": "2 x batch 1", "tokens": 1, "ours_ms": b1,
+                    "core_ms": 2 * b1})
+    dec = [{"part": "decoder", "stage": s, "tokens": 1, "ours_ms": 5.0, "core_ms": 10.0}
+           for s in ("shape_decoder", "tex_decoder")]
+    post = {"input_faces": 9, "target_faces": 3, "texture_size": 256,
+            "ours": {"stages": {"a": {"ms": 40.0}, "export_glb": {"ms": 1e6}}},
+            "core": {"stages": {"b": {"ms": 80.0}, "c": {"ms": 20.0}}}}
+    result = {"meta": {"device": "cpu", "gpu": None, "tiny": True, "ours_mode": "fast", "compile": False,
+                       "core_dtype": "float32"}, "dit": dit, "decoders": dec, "post": post}
+    whole = whole_path(result)
+    ours = (10 * 10 + 2 * 6) + (9 * 20 + 3 * 12) + (9 * 100 + 3 * 60) + 12 * 60 + 5 + 5 + 40
+    assert whole["ours_ms"] == pytest.approx(ours)
+    assert whole["core_ms"] == pytest.approx(2 * (ours - 40) + 100)
+    assert whole["parts"]["texture"] == {"guided_steps": 0, "unguided_steps": 12, "ours_ms": 720.0,
+                                         "core_ms": 1440.0}
+    result["whole"] = whole
+    assert "**total**" in markdown(result)
+    dit[0]["core_ms"] = None  # a core call that did not finish: no total
+    assert whole_path(result)["core_ms"] is None
