@@ -24,6 +24,7 @@ ModelStore, ``loading.residency``) and reloads the weights (timed as ``weight_lo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
 import json
@@ -44,6 +45,7 @@ for _p in (str(_REPO), str(_HERE)):
         sys.path.insert(0, _p)
 
 import surrogate  # noqa: E402
+from trellis2_core.config import FastPathConfig  # noqa: E402
 from trellis2_core.api import image_to_glb  # noqa: E402
 from trellis2_core.loading.random_pipeline import is_random_pipeline, write_random_pipeline  # noqa: E402
 from trellis2_core.pipeline.pipeline import Pipeline  # noqa: E402
@@ -114,6 +116,12 @@ class StageClock:
             self.mark(f"before_{stage}")
         else:  # sampler steps ('sparse_structure', 'shape', 'shape_lr', 'shape_hr', 'tex') and export sub-stages
             self.mark(stage)
+
+
+def fast_config(args: argparse.Namespace) -> FastPathConfig:
+    """The fast path the runs use (``--speed``, ``--fused-min-rows``)."""
+    fast = FastPathConfig.fast(compile_blocks=args.speed == "fast")
+    return dataclasses.replace(fast, fused_min_rows=args.fused_min_rows) if args.fused_min_rows else fast
 
 
 def _env_info(device: torch.device) -> dict:
@@ -195,7 +203,8 @@ def run_child(args: argparse.Namespace) -> int:
                 res = image_to_glb(args.image, out_dir / f"{args.child}_{index}_{tname}_{preset}_{tex}.glb",
                                    pipeline=pipe, pipeline_type=tname, seed=args.seed, device=str(device),
                                    export={"texture_size": tex, "target_faces": args.faces},
-                                   background=args.background, matting_model=args.matting_model, progress=clock)
+                                   background=args.background, matting_model=args.matting_model, progress=clock,
+                                   fast=fast_config(args))
             rec["total_s"] = time.perf_counter() - t0
             rec["stages_s"] = {k: round(v, 4) for k, v in clock.seconds.items()}
             rec["stage_peak_gb"] = clock.peak_gb
@@ -239,6 +248,7 @@ def _spawn(args: argparse.Namespace, label: str, plan: str, cache: Path, deadlin
     env["FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"] = "1"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", label, "--child-json", str(json_path),
            "--plan", plan, "--pipeline", str(args.pipeline), "--size", args.size, "--device", args.device,
+           "--speed", args.speed, "--fused-min-rows", str(args.fused_min_rows),
            "--image", str(args.image), "--faces", str(args.faces), "--seed", str(args.seed),
            "--background", args.background, "--out-dir", str(args.out_dir), "--deadline", str(deadline)]
     if args.matting_model:
@@ -290,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--presets", default="high")
     ap.add_argument("--texture-sizes", default="2048")
     ap.add_argument("--faces", type=int, default=500_000)
+    ap.add_argument("--speed", choices=("fast", "fast_no_compile"), default="fast",
+                    help="FastPathConfig.fast() with or without the compiled DiT blocks")
+    ap.add_argument("--fused-min-rows", type=int, default=0,
+                    help="FastPathConfig.fused_min_rows (0: the default): model calls of fewer rows use the plain "
+                         "kernels and cuDNN attention")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--warm-repeats", type=int, default=1, help="warm repeats of the first configuration")
     ap.add_argument("--plan", default=None, help="explicit cold-process plan: type:preset:texture,... (default: the "

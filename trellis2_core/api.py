@@ -27,6 +27,7 @@ from .optional import check_installed
 from .pipeline.pipeline import DEFAULT_MAX_NUM_TOKENS, DEFAULT_SEED, Pipeline, PipelineResult, SamplerOverrides
 from .pipeline.stages import Decoded, StageHooks
 from .postprocess import ExportConfig, ExportReport, GeometryJob, export_glb, fill_holes, start_geometry
+from .postprocess.decimate import start_decimation_worker
 from .preprocess.background import BiRefNetMatting, Matting, load_matting_model, prepare_image, resolve_background
 from .preprocess.image import MIN_FOREGROUND_SIDE, check_image_size
 from .sparse import SparseTensor
@@ -269,6 +270,8 @@ def image_to_glb(
     cond_image = None if mode == "model" else prepare_image(img, background=args.background, mask=mask_img)
     timings["background"] = time.perf_counter() - clock  # the matting model's time is added below
     _check_packages(pipeline, cfg)
+    if cfg.target_faces:
+        start_decimation_worker()  # the child imports its library while the models sample (a no-op if it runs)
     track = _Tracker(progress)
     clock = time.perf_counter()
     try:

@@ -146,15 +146,20 @@ def _voxels(res: int = 64) -> PbrVoxels:
     return PbrVoxels(coords=coords, attrs=attrs, resolution=res)
 
 
-@pytest.mark.parametrize("remesh", [False, True])
-def test_export_with_geometry_begun_early_writes_the_same_asset(icosphere, worker, tmp_path, remesh):
+@pytest.mark.parametrize("remesh, in_worker", [(False, False), (False, True), (True, False), (True, True)])
+def test_export_with_geometry_begun_early_writes_the_same_asset(icosphere, worker, tmp_path, monkeypatch, remesh,
+                                                                in_worker):
+    from trellis2_core.postprocess import decimate
+
     v, f = icosphere(4 if remesh else 6)
     mesh = Mesh(v * 0.625, f)  # radius 0.25, on the voxel shell
     voxels = _voxels(32 if remesh else 64)
     cfg = ExportConfig(target_faces=1000 if remesh else 4000, texture_size=256, remesh=remesh)
     plain = export_glb(mesh, voxels, tmp_path / "plain.glb", cfg)
+    if in_worker:
+        monkeypatch.setattr(decimate, "WORKER_MIN_FACES", 0)
     job = start_geometry(mesh, cfg, voxels.resolution)
-    assert job.job.in_worker is False  # below the worker's threshold: the collapse runs in result()
+    assert job.job.in_worker is in_worker  # else the collapse runs in result()
     early = export_glb(mesh, voxels, tmp_path / "early.glb", cfg, geometry=job)
     assert (tmp_path / "plain.glb").read_bytes() == (tmp_path / "early.glb").read_bytes()
     assert set(early.timings) == set(plain.timings)

@@ -29,6 +29,7 @@ from ..models.streaming import weights_on_device
 from ..models.structure_decoder import occupancy_to_coords
 from ..params import check_device_name, check_dtype_name, check_max_num_tokens, check_seed
 from ..preprocess import preprocess_image
+from ..sparse.attention import preload_fa4
 from .sampler import SamplerParams
 from .stages import (
     Conditioning, Decoded, MaterialLatent, PipelineType, ShapeLatent, StageHooks, Structure, decode, decode_shape,
@@ -94,6 +95,8 @@ class Pipeline:
         """
         check_device_name(device)
         check_dtype_name(dtype_override, "dtype_override")
+        if torch.device(device).type == "cuda":
+            preload_fa4()  # the optional FA4's slow import overlaps the weight loading that follows
         if is_comfy_source(source):
             if models_dir is None and comfy_folders is None:
                 raise InputError(f"pipeline {source!r} names ComfyUI-core files: pass models_dir (--models-dir), "

@@ -22,12 +22,21 @@ from ..mesh.checks import check_int, check_mesh, check_number
 from ..mesh.types import Mesh
 from .simplify_process import PendingSimplify, WorkerUnavailable, shared_worker
 
-__all__ = ["DecimationJob", "decimate_mesh", "start_decimation"]
+__all__ = ["DecimationJob", "decimate_mesh", "start_decimation", "start_decimation_worker"]
 
 log = logging.getLogger(__name__)
 
 _INSTALL_HINT = "pip install 'fast-simplification>=0.1.7'"
 WORKER_MIN_FACES = 200_000  # below this the child process's round trip is not worth it (~0.2 s of collapse)
+
+
+def start_decimation_worker() -> None:
+    """Start this process's decimation child now (it imports its library in ~0.3 s), e.g. when a run that will
+    decimate begins; never raises (without a usable worker, large meshes are decimated in-process)."""
+    try:
+        shared_worker().start()
+    except WorkerUnavailable as err:
+        log.info("no decimation worker: %s", err)
 
 
 def _simplifier():
@@ -92,6 +101,10 @@ class DecimationJob:
     def in_worker(self) -> bool:
         """Whether the collapse runs in the child process."""
         return self._pending is not None
+
+    def done(self) -> bool:
+        """Whether :meth:`result` would return without waiting for a collapse."""
+        return self._result is not None or (self._pending is not None and self._pending.done())
 
     def result(self) -> Mesh:
         if self._result is not None:

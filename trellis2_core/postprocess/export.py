@@ -210,7 +210,13 @@ class GeometryJob:
         self.job.cancel()
 
     def finish(self) -> tuple[Mesh, Mesh | TriangleGrid | None]:
-        """(the simplified mesh, what the texels are projected onto: None when they lie on it)."""
+        """(the simplified mesh, what the texels are projected onto: None when they lie on it).
+
+        While a worker still collapses the mesh, the closest-point grid of the original surface (which the bake
+        needs then) is built meanwhile."""
+        grid = None
+        if not self.config.remesh and self.job.in_worker and not self.job.done():
+            grid = TriangleGrid(self.original.vertices, self.original.faces)
         decimated = self.job.result()
         if self.config.remesh:
             work, _ = remove_unreferenced_vertices(clean_mesh(decimated, orient=False))
@@ -218,7 +224,7 @@ class GeometryJob:
                 raise InputError(_NOTHING_LEFT)
             return work, self.surface
         work, moved = _after_decimation(self.work, decimated)
-        return work, (self.original if moved else None)
+        return work, ((self.original if grid is None else grid) if moved else None)
 
 
 def start_geometry(mesh: Mesh, config: ExportConfig | None = None, resolution: int | None = None) -> GeometryJob:

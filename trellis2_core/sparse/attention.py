@@ -21,8 +21,10 @@ and can run (``capabilities.flash_attn_runs``: sm80+, fp16/bf16), otherwise per-
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import os
+import threading
 from typing import Literal, Sequence
 
 import torch
@@ -74,6 +76,23 @@ def fa4_available() -> bool:
     except Exception:  # noqa: BLE001 - a broken CuTe-DSL install raises more than ImportError
         return False
     return True
+
+
+def preload_fa4() -> None:
+    """Import FlashAttention-4 in a background thread if it is installed (its CuTe-DSL import takes ~3 s), so that
+    it overlaps work that mostly waits (weight loading) instead of delaying the first generation; a later
+    :func:`fa4_available` then returns at once (or waits for that import under Python's import lock). At most one
+    such thread per process."""
+    with _PRELOAD_LOCK:
+        if _PRELOAD or importlib.util.find_spec("flash_attn") is None:
+            return
+        thread = threading.Thread(target=fa4_available, name="trellis2-fa4-import", daemon=True)
+        _PRELOAD.append(thread)
+    thread.start()
+
+
+_PRELOAD: list[threading.Thread] = []  # the one preload thread (bounded: at most one per process)
+_PRELOAD_LOCK = threading.Lock()
 
 
 def _check_backend(backend: str) -> None:
