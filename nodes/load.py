@@ -8,6 +8,7 @@ import torch
 
 from trellis2_core.arguments import resolve_device
 from trellis2_core.config import ATTENTION_CHOICES, FastPathConfig
+from trellis2_core.config import SPEEDS as SPEED_CHOICES
 from trellis2_core.errors import BackendError, InputError, WeightsError
 from trellis2_core.loading import PIPELINE_JSON, resolve_pipeline_dir
 from trellis2_core.loading.comfy_pipeline import is_comfy_source, list_comfy_sources
@@ -23,7 +24,7 @@ __all__ = ["Trellis2LoadModel", "DEFAULT_SOURCE", "list_sources"]
 DEFAULT_SOURCE = "microsoft/TRELLIS.2-4B"
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 DEVICES = ("auto", "cuda", "cpu", "mps")
-SPEEDS = {"fast": FastPathConfig.fast, "eager": FastPathConfig}  # FastPathConfig() = the plain eager path
+SPEEDS = SPEED_CHOICES  # FastPathConfig.for_speed: fast (compiled), fast_no_compile, eager (the plain path)
 ATTENTION = ATTENTION_CHOICES  # attention_backend: "auto" keeps the speed preset's own choice
 
 
@@ -133,9 +134,11 @@ class Trellis2LoadModel:
                     "default": "fast",
                     "tooltip": "fast: cached cross-attention keys/values, batched guidance passes, compiled "
                                "transformer blocks, fused kernels and the fastest attention installed (same results "
-                               "up to rounding). The first generation after each start compiles the blocks: +17 s on "
-                               "an H200 with PyTorch's compile cache on disk, +40 s the very first time. eager: the "
-                               "plain op-by-op path, like the official code (no compiling, ~1.5x slower sampling)."}),
+                               "up to rounding). Compiling costs the first generation after each start: +14 s on an "
+                               "H200 (PyTorch's compile cache on disk), +36 s the very first time; later ones are "
+                               "~5 % faster than fast_no_compile. fast_no_compile: the same without compiling: "
+                               "best when you restart often or make only a few assets per session. eager: the plain "
+                               "op-by-op path, like the official code (~1.5x slower sampling)."}),
             },
         }
 
@@ -149,7 +152,7 @@ class Trellis2LoadModel:
         if not isinstance(source, str) or not (source.strip() or (custom_source or "").strip()):
             raise InputError(f"{widget_label(node, 'source')} must name a pipeline (a folder under "
                              f"models/trellis2, a path or a Hugging Face id), got {source!r}")
-        fast = SPEEDS[speed]().with_attention(attention_backend)  # checked before any download or weight loading
+        fast = FastPathConfig.for_speed(speed).with_attention(attention_backend)  # checked before any download or weight loading
         _one_copy_of_hub_logs()
         src = (custom_source or "").strip() or source.strip()
         dev = _device(device)

@@ -385,3 +385,17 @@ def test_global_module_hooks_are_reported_once_when_blocks_compile(monkeypatch, 
     with caplog.at_level(logging.INFO), torch.no_grad():
         model(x, torch.tensor([300.0]), _cond(), fast=fast)
     assert not [r for r in caplog.records if "global PyTorch module hooks" in r.getMessage()]
+
+
+def test_speed_choices_map_to_configs():
+    """The Load node's ``speed`` and the CLI's ``--speed`` share FastPathConfig.for_speed."""
+    from trellis2_core.config import SPEEDS
+    from trellis2_core.errors import InputError
+
+    assert SPEEDS == ("fast", "fast_no_compile", "eager")
+    assert FastPathConfig.for_speed("fast") == FastPathConfig.fast()
+    quick = FastPathConfig.for_speed("fast_no_compile")
+    assert quick == dataclasses.replace(FastPathConfig.fast(), compile_blocks=False)
+    assert FastPathConfig.for_speed("eager") == FastPathConfig()
+    with pytest.raises(InputError, match="fast, fast_no_compile, eager"):
+        FastPathConfig.for_speed("turbo")

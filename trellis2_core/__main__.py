@@ -16,7 +16,7 @@ import sys
 import traceback
 from typing import Any, Sequence
 
-from .config import ATTENTION_CHOICES  # torch-free, like everything the parser needs
+from .config import ATTENTION_CHOICES, SPEEDS  # torch-free, like everything the parser needs
 from .params import ALPHA_MODES, PIPELINE_TYPES, TEXTURE_FORMATS
 
 __all__ = ["main", "build_parser", "add_run_options", "CLI_NAMES", "CLI_STAGE_NAMES", "SUBCOMMANDS"]
@@ -85,10 +85,11 @@ def add_run_options(p: argparse.ArgumentParser, mask: bool = True) -> None:
                    help="weights on the GPU: high = all resident (fastest, ~20 GB at 1024); medium = one stage's "
                         "model at a time, the next prefetched (≤ 8 GB at 1024); low = blocks streamed from host "
                         "memory (≤ 4 GB); auto = by free memory (default: %(default)s)")
-    g.add_argument("--speed", choices=("fast", "eager"), default="fast",
+    g.add_argument("--speed", choices=SPEEDS, default="fast",
                    help="fast: cached cross-attention K/V, batched CFG, compiled blocks, fused kernels, the fastest "
-                        "attention installed (exact up to rounding); eager: the plain op-by-op path "
-                        "(default: %(default)s)")
+                        "attention installed (exact up to rounding; compiling adds ~15-35 s to a process's first "
+                        "generation); fast_no_compile: the same without compiling (for one or a few assets per "
+                        "process); eager: the plain op-by-op path (default: %(default)s)")
     g.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
                    help="attention kernel on NVIDIA GPUs: auto = the --speed choice (fast: FlashAttention-4 for long "
                         "sequences when installed, 'install.py --fa4', else cuDNN); flash = FlashAttention-2 "
@@ -237,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .config import FastPathConfig
 
         image, mask, checked = _check(args)
-        fast = (FastPathConfig.fast() if args.speed == "fast" else FastPathConfig()).with_attention(args.attention)
+        fast = FastPathConfig.for_speed(args.speed).with_attention(args.attention)
         result = image_to_glb(
             image, checked.target, pipeline=args.pipeline, pipeline_type=checked.pipeline_type, seed=checked.seed,
             samplers=checked.samplers, max_num_tokens=checked.max_num_tokens, export=checked.export,

@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .batch import run_batch
         from .config import FastPathConfig
 
-        fast = (FastPathConfig.fast() if args.speed == "fast" else FastPathConfig()).with_attention(args.attention)
+        fast = FastPathConfig.for_speed(args.speed).with_attention(args.attention)
         result = run_batch(
             args.input_dir, args.output, pipeline=args.pipeline, pipeline_type=args.pipeline_type, seed=args.seed,
             seed_per_image=args.seed_per_image, steps=args.steps, guidance=args.guidance,

@@ -27,10 +27,12 @@ from .errors import InputError
 if TYPE_CHECKING:  # torch only in annotations: the CLI reads this module's constants without importing torch
     import torch
 
-__all__ = ["FastPathConfig", "BlockKernels", "ATTENTION_KERNELS", "ATTENTION_CHOICES"]
+__all__ = ["FastPathConfig", "BlockKernels", "ATTENTION_KERNELS", "ATTENTION_CHOICES", "SPEEDS"]
 
 #: ``attention_kernel`` values: which fused SDPA kernel PyTorch may use on CUDA (§3 of performance.md)
 ATTENTION_KERNELS = ("default", "cudnn", "flash", "efficient", "math", "triton", "fa4")
+#: user-facing speed choices (:meth:`FastPathConfig.for_speed`)
+SPEEDS = ("fast", "fast_no_compile", "eager")
 #: what users pick (node input, CLI ``--attention``) for :meth:`FastPathConfig.with_attention`; 'auto' = no override
 ATTENTION_CHOICES = ("auto", "cudnn", "fa4", "flash", "triton")
 
@@ -86,11 +88,13 @@ class FastPathConfig:
             :mod:`trellis2_core.models.fused_norm`); its PyTorch reference off GPU.
         fused_min_rows: the two switches above and ``attention_kernel='fa4'`` apply to model calls of at least
             this many token rows (batch × tokens; cuDNN attention below it). Each fused op costs ~0.1 ms of host
-            time per call (custom-op dispatch and Triton launch; FA4's launch ~0.2 ms); below ~16 K rows the GPU
-            finishes a block before the host has issued the next one and the fused ops made launch-bound runs slower
-            (H200: 512 texture 255 → 406 ms, 1024 structure under ``low`` 651 → 1340 ms; FA4 on every call: 1024
-            structure 556 → 684 ms) while saving 2 % (FA4: 8–10 %) at 20 K+ rows (benchmarks/RESULTS.md,
-            2026-12-03 second and third sessions).
+            time per call (custom-op dispatch and Triton launch; FA4's launch ~0.2 ms); at ~8 K rows and below the
+            GPU finishes a block before the host has issued the next one and the fused ops made launch-bound runs
+            slower (H200: 512 texture 255 → 406 ms, 1024 structure (8 K rows) under ``low`` 651 → 1340 ms; FA4 on
+            every call: 1024 structure 556 → 684 ms) while saving 2 % (FA4: 8–10 %) at 20 K+ rows
+            (benchmarks/RESULTS.md, 2026-12-03 second and third sessions). 12 K (was 16 K) also takes the batch-1
+            HR calls of a typical 1024 object (N_HR ≈ 14 K: the texture stage and the unguided shape steps): texture
+            2.13 → 1.87 s, image → GLB 10.1 → 9.3 s warm (2026-12-04 fourth session).
         fp8_linear: run the six per-token linears of every DiT block (self-attention qkv/out, cross-attention q/out,
             MLP) as fp8 GEMMs: activations per token and weights per output channel rounded to float8 e4m3, fp32
             accumulation (``torch._scaled_mm`` on NVIDIA GPUs of compute capability ≥ 8.9 with bf16 blocks; an
@@ -115,7 +119,7 @@ class FastPathConfig:
     fused_mlp: bool = False
     fused_qk_norm_rope: bool = False
     fused_norm_modulate: bool = False
-    fused_min_rows: int = 16384
+    fused_min_rows: int = 12288
     fp8_linear: bool = False
     attention_explicit: bool = dataclasses.field(default=False, compare=False)
 
@@ -146,6 +150,17 @@ class FastPathConfig:
         return cls(cache_cross_kv=True, skip_uncond_cross_attn=True, batch_cfg=True, dense_tokens=True,
                    compile_blocks=compile_blocks, attention_kernel="fa4" if fa4_available() else "cudnn",
                    fused_mlp=True, fused_qk_norm_rope=True, fused_norm_modulate=True, fp8_linear=fp8_linear)
+
+    @classmethod
+    def for_speed(cls, speed: str) -> "FastPathConfig":
+        """The config of a user-facing speed choice (:data:`SPEEDS`: the Load node's ``speed``, the CLI's
+        ``--speed``): 'fast' = :meth:`fast`; 'fast_no_compile' = :meth:`fast` without the compiled blocks (no
+        compile wait in a new process, a few % slower warm); 'eager' = the plain op-by-op path."""
+        if speed not in SPEEDS:
+            raise InputError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}")
+        if speed == "eager":
+            return cls()
+        return cls.fast(compile_blocks=speed == "fast")
 
     def with_attention(self, kernel: str | None) -> "FastPathConfig":
         """This config with ``attention_kernel=kernel`` (``None`` or 'auto': unchanged, the preset's own choice).

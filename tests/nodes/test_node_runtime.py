@@ -128,7 +128,11 @@ def test_load_node_applies_preset_and_speed_to_the_library(tiny_pipeline):
     (h,) = Trellis2LoadModel().load("microsoft/TRELLIS.2-4B", "float32", "auto", "high", "cpu",
                                     custom_source=str(tiny_pipeline))
     assert h.fast == FastPathConfig.fast() and h.pipeline.models.vram_preset == "high"
-    with pytest.raises(InputError, match="Load TRELLIS.2 Model: widget 'speed' must be one of fast, eager"):
+    (h,) = Trellis2LoadModel().load("microsoft/TRELLIS.2-4B", "float32", "auto", "high", "cpu",
+                                    custom_source=str(tiny_pipeline), speed="fast_no_compile")
+    assert h.fast == FastPathConfig.fast(compile_blocks=False) and h.fast.batch_cfg and not h.fast.compile_blocks
+    with pytest.raises(InputError,
+                       match="Load TRELLIS.2 Model: widget 'speed' must be one of fast, fast_no_compile, eager"):
         Trellis2LoadModel().load("microsoft/TRELLIS.2-4B", "float32", "auto", "high", "cpu",
                                  custom_source=str(tiny_pipeline), speed="warp")
     (h,) = Trellis2LoadModel().load("microsoft/TRELLIS.2-4B", "float32", "flash", "high", "cpu",
