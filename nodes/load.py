@@ -136,8 +136,9 @@ class Trellis2LoadModel:
                                "transformer blocks, fused kernels and the fastest attention installed (same results "
                                "up to rounding). Compiling costs the first generation after each start: +14 s on an "
                                "H200 (PyTorch's compile cache on disk), +36 s the very first time; later ones are "
-                               "~5 % faster than fast_no_compile. fast_no_compile: the same without compiling: "
-                               "best when you restart often or make only a few assets per session. eager: the plain "
+                               "~5-10 % faster than fast_no_compile. fast_no_compile: the same without compiling (+5 s "
+                               "after a start, +17 s the very first time): best when you restart often or make only a "
+                               "few assets per session. eager: the plain "
                                "op-by-op path, like the official code (~1.5x slower sampling)."}),
             },
         }
