@@ -20,14 +20,15 @@ import sys
 READY = b"trellis2-simplify ready\n"
 
 
-def _read_exact(stream, size: int) -> bytearray:
-    """``size`` bytes into a writable buffer (fast_simplification rejects read-only arrays)."""
+def read_exact(stream, size: int) -> bytearray:
+    """``size`` bytes into a writable buffer (fast_simplification rejects read-only arrays); the parent reads
+    the answers with it too."""
     buffer = bytearray(size)
     view, got = memoryview(buffer), 0
     while got < size:
         n = stream.readinto(view[got:])
         if not n:
-            raise EOFError(f"stdin closed with {size - got} of {size} bytes missing")
+            raise EOFError(f"the stream ended with {size - got} of {size} bytes missing")
         got += n
     return buffer
 
@@ -57,8 +58,8 @@ def main() -> int:
         try:
             job = json.loads(line)
             n_points, n_faces = int(job["points"]), int(job["faces"])
-            points = np.frombuffer(_read_exact(stdin, n_points * 24), dtype=np.float64).reshape(n_points, 3)
-            faces = np.frombuffer(_read_exact(stdin, n_faces * 12), dtype=np.int32).reshape(n_faces, 3)
+            points = np.frombuffer(read_exact(stdin, n_points * 24), dtype=np.float64).reshape(n_points, 3)
+            faces = np.frombuffer(read_exact(stdin, n_faces * 12), dtype=np.int32).reshape(n_faces, 3)
         except EOFError:
             return 0
         try:

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from ..cancel import checkpoint
+from ._simplify_worker import READY, read_exact
 
 __all__ = ["PendingSimplify", "SimplifyWorker", "WorkerUnavailable", "shared_worker", "shutdown_shared_worker"]
 
 log = logging.getLogger(__name__)
 
 _SCRIPT = Path(__file__).with_name("_simplify_worker.py")
-_READY = b"trellis2-simplify ready\n"
 _START_TIMEOUT = 60.0  # seconds for the child to import numpy and fast_simplification
 _POLL = 0.01  # seconds between two cancel polls while waiting
 
@@ -154,7 +154,7 @@ class SimplifyWorker:
         except BaseException:  # cancelled while the child starts: its READY line must not be left half-read
             self._kill_locked()
             raise
-        if line != _READY:
+        if line != READY:
             self._kill_locked()
             raise WorkerUnavailable(f"the decimation worker did not start: {line!r}")
         self._ready = True
@@ -252,25 +252,14 @@ def _read_answer(stream, answer: _Answer, done: threading.Event) -> None:
             answer.error = str(header["error"])
             return
         n_points, n_faces = int(header["points"]), int(header["faces"])
-        raw_points = _read_exact(stream, n_points * 24)
-        raw_faces = _read_exact(stream, n_faces * 12)
+        raw_points = read_exact(stream, n_points * 24)
+        raw_faces = read_exact(stream, n_faces * 12)
         answer.points = np.frombuffer(raw_points, dtype=np.float64).reshape(n_points, 3)
         answer.faces = np.frombuffer(raw_faces, dtype=np.int32).reshape(n_faces, 3)
     except (OSError, ValueError, EOFError, KeyError) as err:
         answer.error = f"the decimation worker's answer was broken: {err!r}"
     finally:
         done.set()
-
-
-def _read_exact(stream, size: int) -> bytearray:
-    buffer = bytearray(size)
-    view, got = memoryview(buffer), 0
-    while got < size:
-        n = stream.readinto(view[got:])
-        if not n:
-            raise EOFError(f"the decimation worker's answer ended {size - got} bytes early")
-        got += n
-    return buffer
 
 
 _SHARED: list[SimplifyWorker] = []  # at most one: this process's worker (a bounded cache, not state)
