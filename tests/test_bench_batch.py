@@ -1,25 +1,15 @@
 """``benchmarks/bench_batch.py``'s arithmetic and its 1-worker loop (with a stand-in worker; the GPU run is real)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-_REPO = Path(__file__).resolve().parents[1]
+from tests.tools.bench_modules import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(_REPO / "benchmarks"))  # spawned workers import it by name
-    spec = importlib.util.spec_from_file_location("bench_batch", _REPO / "benchmarks" / "bench_batch.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
-    sys.path.remove(str(_REPO / "benchmarks"))
+    with benchmark_module("bench_batch", on_path=True) as module:  # spawned workers import it by name
+        yield module
 
 
 class StandInWorker:

@@ -1,24 +1,18 @@
 """``benchmarks/bench_pipeline.py``'s helpers that decide what a GPU run reports (they run on CPU)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parents[1]
+from tests.tools.bench_modules import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_pipeline", _REPO / "benchmarks" / "bench_pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_module("bench_pipeline") as module:
+        yield module
 
 
 class _FakeProfile:
