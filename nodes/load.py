@@ -7,8 +7,7 @@ from pathlib import Path
 import torch
 
 from trellis2_core.arguments import resolve_device
-from trellis2_core.config import ATTENTION_CHOICES, FastPathConfig
-from trellis2_core.config import SPEEDS as SPEED_CHOICES
+from trellis2_core.config import ATTENTION_CHOICES, SPEEDS, FastPathConfig
 from trellis2_core.errors import BackendError, InputError, WeightsError
 from trellis2_core.loading import PIPELINE_JSON, resolve_pipeline_dir
 from trellis2_core.loading.comfy_pipeline import is_comfy_source, list_comfy_sources
@@ -24,7 +23,6 @@ __all__ = ["Trellis2LoadModel", "DEFAULT_SOURCE", "list_sources"]
 DEFAULT_SOURCE = "microsoft/TRELLIS.2-4B"
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 DEVICES = ("auto", "cuda", "cpu", "mps")
-SPEEDS = SPEED_CHOICES  # FastPathConfig.for_speed: fast (compiled), fast_no_compile, eager (the plain path)
 ATTENTION = ATTENTION_CHOICES  # attention_backend: "auto" keeps the speed preset's own choice
 
 

@@ -104,22 +104,32 @@ class _FiniteModels:
         self._seen.clear()
 
 
-def _check_outputs(result: PipelineResult) -> tuple[Mesh, PbrVoxels]:
-    """Final latents and decoded outputs must be finite and non-empty."""
+def _checked_mesh(decoded: Decoded) -> Mesh:
+    """The decoded mesh, which must exist, have faces and be finite."""
+    if not decoded.meshes:
+        raise InputError("decoding produced no mesh")
+    mesh = decoded.meshes[0]
+    if mesh.num_faces == 0:
+        raise InputError("the decoded mesh has no faces (the shape latent decodes to nothing); try another seed "
+                         "or image")
+    if _non_finite(mesh.vertices):
+        raise InputError("the decoded mesh contains NaN/Inf values; use dtype bfloat16/float32")
+    return mesh
+
+
+def _checked_latents_and_pbr(result: PipelineResult) -> PbrVoxels:
+    """Final latents and the PBR voxels must be finite and non-empty (the mesh was checked when it was decoded:
+    :func:`_checked_mesh`)."""
     for what, value in (("sparse-structure latent", result.structure.latent), ("shape latent", result.shape.slat),
                         ("material latent", result.material.slat)):
         if _non_finite(value):
             raise InputError(f"the {what} contains NaN/Inf values; use dtype bfloat16/float32 or another seed")
-    decoded = result.decoded
-    if not decoded.meshes or not decoded.pbr:
-        raise InputError("decoding produced no mesh or no PBR voxels")
-    mesh, pbr = decoded.meshes[0], decoded.pbr[0]
-    if mesh.num_faces == 0:
-        raise InputError("the decoded mesh has no faces (the shape latent decodes to nothing); try another seed "
-                         "or image")
-    if _non_finite(mesh.vertices) or _non_finite(pbr.attrs):
-        raise InputError("the decoded mesh or PBR voxels contain NaN/Inf values; use dtype bfloat16/float32")
-    return mesh, pbr
+    if not result.decoded.pbr:
+        raise InputError("decoding produced no PBR voxels")
+    pbr = result.decoded.pbr[0]
+    if _non_finite(pbr.attrs):
+        raise InputError("the decoded PBR voxels contain NaN/Inf values; use dtype bfloat16/float32")
+    return pbr
 
 
 # ---------------------------------------------------------------------------------------------- OOM
@@ -155,14 +165,7 @@ class _EarlyGeometry:
         self.job: GeometryJob | None = None
 
     def __call__(self, shapes: Decoded) -> None:
-        if not shapes.meshes:
-            raise InputError("decoding produced no mesh")
-        mesh = shapes.meshes[0]
-        if mesh.num_faces == 0:
-            raise InputError("the decoded mesh has no faces (the shape latent decodes to nothing); try another "
-                             "seed or image")
-        if _non_finite(mesh.vertices):
-            raise InputError("the decoded mesh contains NaN/Inf values; use dtype bfloat16/float32")
+        mesh = _checked_mesh(shapes)
         with cancel_scope(self.poll):
             # §8.2: decode_latent's hole filling (export fills again, §13 item 26)
             self.mesh = fill_holes(mesh)
@@ -316,7 +319,7 @@ def image_to_glb(
                                                   samplers=args.samplers, max_num_tokens=args.max_num_tokens,
                                                   hooks=hooks, fast=FastPathConfig.fast() if fast is None else fast,
                                                   on_shape_decoded=early)
-            mesh, pbr = _check_outputs(result)
+            pbr = _checked_latents_and_pbr(result)
             track("decode", 1, 1)
             timings["generate"] = time.perf_counter() - clock
 

@@ -284,7 +284,9 @@ def export_glb(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, confi
         raise
 
 
-def _export_checked(mesh, pbr_voxels, path, config, progress, atlas, surface, geometry) -> ExportReport:
+def _export_checked(mesh: Mesh, pbr_voxels: PbrVoxels, path: str | os.PathLike, config: ExportConfig | None,
+                    progress: ExportProgress | None, atlas: UvAtlas | None, surface: Mesh | None,
+                    geometry: GeometryJob | None) -> ExportReport:
     if config is not None and not isinstance(config, ExportConfig):
         raise InputError(f"export config must be an ExportConfig, got {type(config).__name__}")
     cfg = config or ExportConfig()
